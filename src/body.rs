@@ -1,0 +1,163 @@
+//! The two body types of the proxy. Both are concrete enums so that the
+//! common paths (an upstream body passed through, a small page of ours) cost
+//! no boxing; only compressed responses are boxed.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// What the proxy sends to a client.
+    #[project = ResponseProj]
+    pub enum ResponseBody {
+        /// An upstream response streamed through as it arrives.
+        Upstream { #[pin] body: Incoming },
+        /// A page of Gatehouse's own (status page, 404, redirect).
+        Full { #[pin] body: Full<Bytes> },
+        /// A transformed stream (compression).
+        Boxed { #[pin] body: UnsyncBoxBody<Bytes, BoxError> },
+    }
+}
+
+impl ResponseBody {
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        ResponseBody::Full {
+            body: Full::new(data.into()),
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            ResponseProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
+            ResponseProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            ResponseProj::Boxed { body } => body.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Upstream { body } => body.is_end_stream(),
+            ResponseBody::Full { body } => body.is_end_stream(),
+            ResponseBody::Boxed { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Upstream { body } => body.size_hint(),
+            ResponseBody::Full { body } => body.size_hint(),
+            ResponseBody::Boxed { body } => body.size_hint(),
+        }
+    }
+}
+
+/// The request body was larger than the route allows. Raised while
+/// streaming, so a body without `Content-Length` is still capped; the error
+/// travels through hyper's client and is recognised by `is_body_too_large`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the limit of {limit} bytes")]
+pub struct BodyTooLarge {
+    pub limit: u64,
+}
+
+pin_project! {
+    /// What the proxy sends upstream: the client's body, counted against the
+    /// route's `max_body` as it streams.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Option<Incoming>,
+        seen: u64,
+        limit: u64,
+    }
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        UpstreamBody {
+            inner: Some(inner),
+            seen: 0,
+            limit,
+        }
+    }
+
+    pub fn empty() -> Self {
+        UpstreamBody {
+            inner: None,
+            seen: 0,
+            limit: 0,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(None);
+        };
+        match inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.seen += data.len() as u64;
+                    if *this.seen > *this.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: *this.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// True when `err` or any of its causes is a [`BodyTooLarge`].
+pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<BodyTooLarge>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}

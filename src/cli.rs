@@ -1,0 +1,243 @@
+//! The command line. Doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, Env, Source};
+use crate::runtime::Runtime;
+use crate::server::{Server, StartError};
+use crate::tls;
+
+/// Gatehouse: a reverse proxy for self-hosted web apps (AliasVault's layout
+/// by default: /admin, /api and / behind one hostname).
+#[derive(Debug, Parser)]
+#[command(name = "gatehouse", version)]
+pub struct Cli {
+    /// Configuration file. Default: gatehouse.toml in the working directory
+    /// if present, else the built-in AliasVault layout.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// File of environment variables (AliasVault's .env). Default: .env in
+    /// the working directory if present. The process environment wins.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub env_file: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration and print the effective listeners, routes
+    /// and certificate source. Exit 0 when valid, 2 otherwise.
+    Check,
+    /// Start three sample upstreams on loopback and the proxy in front of
+    /// them on http://localhost:8080 and https://localhost:8443.
+    Demo,
+}
+
+/// Exit status for configuration errors (file, line and key are printed).
+pub const EXIT_CONFIG: u8 = 2;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        None => run(&cli),
+        Some(Command::Check) => check(&cli),
+        Some(Command::Demo) => crate::demo::main(),
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // AliasVault's containers log to stdout; so does Gatehouse.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
+}
+
+fn load(cli: &Cli) -> Result<Config, config::ConfigError> {
+    let env = Env::load(cli.env_file.as_deref())?;
+    config::load(&Source::discover(cli.config.as_deref()), &env)
+}
+
+fn run(cli: &Cli) -> ExitCode {
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve_until_signal(cfg))
+}
+
+/// Serves until SIGTERM or SIGINT, then drains for the grace period.
+pub async fn serve_until_signal(cfg: Config) -> ExitCode {
+    let grace = cfg.grace_period;
+    let server = match Server::start(cfg).await {
+        Ok(s) => s,
+        Err(StartError::Config(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let signal = wait_for_signal().await;
+    tracing::info!(
+        "{signal} received: no new connections, finishing in-flight requests (grace {grace:?})"
+    );
+    let drained = server.shutdown(grace).await;
+    tracing::info!(drained, "stopped");
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+fn check(cli: &Cli) -> ExitCode {
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let plan = match tls::plan(&cfg.tls, &cfg.hostname) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    print!("{}", describe(&cfg, &plan));
+    ExitCode::SUCCESS
+}
+
+/// The effective configuration as `gatehouse check` prints it.
+pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let source = cfg.source.as_ref().map_or_else(
+        || "built-in default (AliasVault layout)".to_string(),
+        |p| p.display().to_string(),
+    );
+    let _ = writeln!(out, "configuration: {source}: ok");
+    let _ = writeln!(out, "workers: {}", cfg.workers);
+    let _ = writeln!(out, "listeners:");
+    for ip in &cfg.bind {
+        let addr = |port| std::net::SocketAddr::new(*ip, port);
+        let http_mode = if cfg.force_https_redirect {
+            format!("redirect to https, port {}", cfg.https_port)
+        } else {
+            "routes".to_string()
+        };
+        let _ = writeln!(out, "  http  {} ({http_mode})", addr(cfg.http_port));
+        let _ = writeln!(
+            out,
+            "  https {} (routes; HTTP/2 and HTTP/1.1)",
+            addr(cfg.https_port)
+        );
+    }
+    let _ = writeln!(out, "routes:");
+    let runtime = Runtime::build(cfg.clone(), None);
+    for (path, r) in runtime.router.iter() {
+        let mut extras = format!(
+            "timeout {}, websocket idle {}, max body {}",
+            human_duration(r.timeout),
+            human_duration(r.websocket_timeout),
+            human_size(r.max_body)
+        );
+        if let Some(p) = &r.forwarded_prefix {
+            let _ = write!(extras, ", X-Forwarded-Prefix {}", p.to_str().unwrap_or("?"));
+        }
+        if r.forwarded_for == config::ForwardedFor::Append {
+            extras.push_str(", X-Forwarded-For appended");
+        }
+        let _ = writeln!(out, "  {path} -> {} ({extras})", r.upstream.url);
+    }
+    let cert = match plan {
+        tls::Plan::Use(l) => l.info.to_string(),
+        tls::Plan::Generate(reason) => {
+            let at = match &cfg.tls {
+                config::TlsSettings::Files { cert, .. } => format!(" at {}", cert.display()),
+                config::TlsSettings::Ephemeral => String::new(),
+            };
+            format!(
+                "self-signed for {:?} will be generated{at} ({reason})",
+                cfg.hostname
+            )
+        }
+    };
+    let _ = writeln!(out, "certificate: {cert}");
+    for var in &cfg.unsupported_vars {
+        let _ = writeln!(
+            out,
+            "warning: {var} is set but not supported yet; it is ignored"
+        );
+    }
+    out
+}
+
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if d.subsec_millis() != 0 || s == 0 {
+        format!("{}ms", d.as_millis())
+    } else if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+fn human_size(n: u64) -> String {
+    if n >= 1 << 20 && n % (1 << 20) == 0 {
+        format!("{} MiB", n >> 20)
+    } else if n >= 1 << 10 && n % (1 << 10) == 0 {
+        format!("{} KiB", n >> 10)
+    } else {
+        format!("{n} bytes")
+    }
+}

@@ -1,0 +1,75 @@
+//! The TOML file as written by people: a serde mirror, nothing more.
+//!
+//! Every table denies unknown keys (a typo such as `upstrem` is an error with
+//! its line, not a silently ignored setting), and the values that are checked
+//! after parsing are `Spanned` so their errors can point at them. The proxy
+//! never sees these types: `config::load` turns them into `model::Config`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub http_port: Option<Spanned<i64>>,
+    pub https_port: Option<Spanned<i64>>,
+    pub bind: Option<Vec<Spanned<String>>>,
+    pub workers: Option<Spanned<i64>>,
+    pub hostname: Option<Spanned<String>>,
+    pub force_https_redirect: Option<bool>,
+    pub max_upload_size_mb: Option<Spanned<i64>>,
+    pub deployment_mode: Option<Spanned<String>>,
+    pub grace_period: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<Size>>,
+    pub tls: Option<Tls>,
+    pub headers: Option<Headers>,
+    #[serde(default)]
+    pub route: Vec<Route>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    /// The certbot webroot served under `/.well-known/acme-challenge/`.
+    pub webroot: Option<Spanned<String>>,
+}
+
+/// Response header policy, in tower-http's vocabulary: `set` gives a value
+/// used when the upstream sent none, `override` always wins, `remove` drops.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Headers {
+    #[serde(default)]
+    pub set: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default, rename = "override")]
+    pub override_: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub remove: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub path: Spanned<String>,
+    pub upstream: Spanned<String>,
+    pub forwarded_prefix: Option<Spanned<String>>,
+    pub websocket_timeout: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub max_body: Option<Spanned<Size>>,
+    pub forwarded_for: Option<Spanned<String>>,
+    pub compress: Option<bool>,
+}
+
+/// A byte size: a bare integer of bytes, or a string such as `"100M"`,
+/// `"64KiB"` or `"1G"` (binary multiples, as nginx reads `100M`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Bytes(i64),
+    Text(String),
+}

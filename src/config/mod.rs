@@ -1,0 +1,701 @@
+//! Configuration: the one loader used by `run`, `check` and (later) reload.
+//!
+//! Precedence, highest first: environment variables (process, then `.env`),
+//! the TOML file, built-in defaults. The built-in default is AliasVault's
+//! layout, so an AliasVault folder needs no file at all.
+
+pub mod env;
+pub mod error;
+pub mod file;
+pub mod model;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue};
+use toml::Spanned;
+
+pub use env::Env;
+pub use error::ConfigError;
+pub use model::{Config, ForwardedFor, HeaderRules, Route, TlsSettings, Upstream};
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A file on disk; relative paths inside it are relative to its folder.
+    File(PathBuf),
+    /// TOML text with a name for errors and a folder for relative paths.
+    Text {
+        name: PathBuf,
+        text: String,
+        base_dir: PathBuf,
+    },
+    /// AliasVault's layout, paths relative to the working directory.
+    BuiltIn,
+}
+
+impl Source {
+    /// `--config PATH` if given, else `gatehouse.toml` in the working
+    /// directory if present, else the built-in default.
+    pub fn discover(explicit: Option<&Path>) -> Source {
+        match explicit {
+            Some(p) => Source::File(p.to_path_buf()),
+            None if Path::new("gatehouse.toml").is_file() => {
+                Source::File(PathBuf::from("gatehouse.toml"))
+            }
+            None => Source::BuiltIn,
+        }
+    }
+}
+
+pub const DEFAULT_MAX_UPLOAD_MB: u64 = 100;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle limit of a WebSocket on a route that sets none. nginx's 60 s
+/// `proxy_read_timeout` silently kills idle sockets; an hour does not.
+pub const DEFAULT_WEBSOCKET_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// AliasVault's three services, as its nginx routes them.
+const BUILT_IN: &str = r#"
+[tls]
+cert = "certificates/ssl/cert.pem"
+key = "certificates/ssl/key.pem"
+webroot = "certificates/letsencrypt/www"
+
+[[route]]
+path = "/admin"
+upstream = "http://admin:3002"
+forwarded_prefix = "/admin/"
+websocket_timeout = "24h"
+
+[[route]]
+path = "/api"
+upstream = "http://api:3001"
+
+[[route]]
+path = "/"
+upstream = "http://client:3000"
+"#;
+
+/// Loads, validates and layers the configuration. The only loader.
+pub fn load(source: &Source, env: &Env) -> Result<Config, ConfigError> {
+    let (name, text, base_dir) = match source {
+        Source::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::io(path, e))?;
+            let base = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            (path.clone(), text, base)
+        }
+        Source::Text {
+            name,
+            text,
+            base_dir,
+        } => (name.clone(), text.clone(), base_dir.clone()),
+        Source::BuiltIn => (
+            PathBuf::from("<built-in default>"),
+            BUILT_IN.to_string(),
+            PathBuf::from("."),
+        ),
+    };
+    let parsed: file::File =
+        toml::from_str(&text).map_err(|e| ConfigError::toml(&name, &text, &e))?;
+    let mut cfg = Builder {
+        name: &name,
+        text: &text,
+        base_dir: &base_dir,
+    }
+    .build(parsed, env)?;
+    if !matches!(source, Source::BuiltIn) {
+        cfg.source = Some(name);
+    }
+    apply_env(&mut cfg, env)?;
+    Ok(cfg)
+}
+
+struct Builder<'a> {
+    name: &'a Path,
+    text: &'a str,
+    base_dir: &'a Path,
+}
+
+impl Builder<'_> {
+    fn err(&self, span: Range<usize>, key: &str, msg: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.name, self.text, span, key, msg)
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn port(&self, v: &Spanned<i64>, key: &str) -> Result<u16, ConfigError> {
+        u16::try_from(*v.get_ref())
+            .map_err(|_| self.err(v.span(), key, "expected a port number from 0 to 65535"))
+    }
+
+    fn duration(&self, v: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        parse_duration(v.get_ref()).map_err(|m| self.err(v.span(), key, m))
+    }
+
+    fn build(&self, f: file::File, env: &Env) -> Result<Config, ConfigError> {
+        let http_port = match &f.http_port {
+            Some(v) => self.port(v, "http_port")?,
+            None => 80,
+        };
+        let https_port = match &f.https_port {
+            Some(v) => self.port(v, "https_port")?,
+            None => 443,
+        };
+        let (bind, bind_is_default) = match &f.bind {
+            None => (
+                vec![
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                ],
+                true,
+            ),
+            Some(list) => {
+                let mut out = Vec::new();
+                for a in list {
+                    let ip = a
+                        .get_ref()
+                        .trim_matches(['[', ']'])
+                        .parse::<IpAddr>()
+                        .map_err(|_| {
+                            self.err(
+                                a.span(),
+                                "bind",
+                                "expected an IP address such as \"127.0.0.1\" or \"::\"",
+                            )
+                        })?;
+                    if !out.contains(&ip) {
+                        out.push(ip);
+                    }
+                }
+                if out.is_empty() {
+                    return Err(ConfigError::at(
+                        self.name,
+                        self.text,
+                        0..0,
+                        "bind",
+                        "needs at least one address",
+                    ));
+                }
+                (out, false)
+            }
+        };
+        let workers = match &f.workers {
+            Some(v) => usize::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| {
+                    self.err(
+                        v.span(),
+                        "workers",
+                        "expected a number of threads from 1 to 1024",
+                    )
+                })?,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let hostname = match &f.hostname {
+            Some(v) => {
+                validate_hostname(v.get_ref()).map_err(|m| self.err(v.span(), "hostname", m))?;
+                v.get_ref().clone()
+            }
+            None => "localhost".to_string(),
+        };
+        // MAX_UPLOAD_SIZE_MB is the global default; a route's own
+        // `max_body` still wins over it.
+        let max_upload = match (env.get("MAX_UPLOAD_SIZE_MB"), &f.max_upload_size_mb) {
+            (Some(v), _) => v
+                .value
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .and_then(mib)
+                .ok_or_else(|| {
+                    ConfigError::var(
+                        "MAX_UPLOAD_SIZE_MB",
+                        v,
+                        "expected a positive whole number of megabytes",
+                    )
+                })?,
+            (None, Some(v)) => mib(*v.get_ref()).ok_or_else(|| {
+                self.err(
+                    v.span(),
+                    "max_upload_size_mb",
+                    "expected a positive number of megabytes",
+                )
+            })?,
+            (None, None) => DEFAULT_MAX_UPLOAD_MB * 1024 * 1024,
+        };
+        let deployment_mode = match &f.deployment_mode {
+            Some(v) => {
+                HeaderValue::from_str(v.get_ref()).map_err(|_| {
+                    self.err(v.span(), "deployment_mode", "not a valid header value")
+                })?;
+                Some(v.get_ref().clone())
+            }
+            None => None,
+        };
+        let grace_period = match &f.grace_period {
+            Some(v) => self.duration(v, "grace_period")?,
+            None => DEFAULT_GRACE,
+        };
+        let max_header_bytes = match &f.max_header_bytes {
+            Some(v) => {
+                let n = parse_size(v.get_ref())
+                    .map_err(|m| self.err(v.span(), "max_header_bytes", m))?;
+                // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+                if !(8192..=16 * 1024 * 1024).contains(&n) {
+                    return Err(self.err(
+                        v.span(),
+                        "max_header_bytes",
+                        "expected from 8KiB to 16MiB",
+                    ));
+                }
+                n as usize
+            }
+            None => DEFAULT_MAX_HEADER_BYTES,
+        };
+        let tls = {
+            let t = f.tls.unwrap_or_default();
+            let get = |v: &Option<Spanned<String>>, default: &str| {
+                self.path(v.as_ref().map_or(default, |s| s.get_ref().as_str()))
+            };
+            TlsSettings::Files {
+                cert: get(&t.cert, "certificates/ssl/cert.pem"),
+                key: get(&t.key, "certificates/ssl/key.pem"),
+                webroot: get(&t.webroot, "certificates/letsencrypt/www"),
+            }
+        };
+        let headers = self.headers(f.headers.unwrap_or_default())?;
+        let mut routes: Vec<Route> = Vec::new();
+        for r in &f.route {
+            let route = self.route(r, max_upload)?;
+            if routes.iter().any(|x| x.path == route.path) {
+                return Err(self.err(
+                    r.path.span(),
+                    "path",
+                    format!("route {:?} is defined twice", route.path),
+                ));
+            }
+            routes.push(route);
+        }
+        Ok(Config {
+            source: None,
+            http_port,
+            https_port,
+            bind,
+            bind_is_default,
+            workers,
+            hostname,
+            force_https_redirect: f.force_https_redirect.unwrap_or(true),
+            deployment_mode,
+            grace_period,
+            max_header_bytes,
+            tls,
+            headers,
+            routes,
+            unsupported_vars: Vec::new(),
+        })
+    }
+
+    fn headers(&self, h: file::Headers) -> Result<HeaderRules, ConfigError> {
+        let pair = |k: &Spanned<String>, v: &Spanned<String>, table: &str| {
+            let name = HeaderName::from_str(k.get_ref()).map_err(|_| {
+                self.err(
+                    k.span(),
+                    table,
+                    format!("{:?} is not a valid header name", k.get_ref()),
+                )
+            })?;
+            let value = HeaderValue::from_str(v.get_ref())
+                .map_err(|_| self.err(v.span(), k.get_ref(), "not a valid header value"))?;
+            Ok::<_, ConfigError>((name, value))
+        };
+        let mut rules = HeaderRules::default();
+        for (k, v) in &h.set {
+            rules.set.push(pair(k, v, "headers.set")?);
+        }
+        for (k, v) in &h.override_ {
+            rules.override_.push(pair(k, v, "headers.override")?);
+        }
+        for k in &h.remove {
+            rules
+                .remove
+                .push(HeaderName::from_str(k.get_ref()).map_err(|_| {
+                    self.err(
+                        k.span(),
+                        "headers.remove",
+                        format!("{:?} is not a valid header name", k.get_ref()),
+                    )
+                })?);
+        }
+        Ok(rules)
+    }
+
+    fn route(&self, r: &file::Route, default_max_body: u64) -> Result<Route, ConfigError> {
+        let path = r.path.get_ref();
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            return Err(self.err(
+                r.path.span(),
+                "path",
+                "a route path starts with '/' and has no query",
+            ));
+        }
+        let upstream = parse_upstream(r.upstream.get_ref())
+            .map_err(|m| self.err(r.upstream.span(), "upstream", m))?;
+        let forwarded_prefix =
+            match &r.forwarded_prefix {
+                Some(v) => Some(HeaderValue::from_str(v.get_ref()).map_err(|_| {
+                    self.err(v.span(), "forwarded_prefix", "not a valid header value")
+                })?),
+                None => None,
+            };
+        let opt_dur = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
+            Some(v) => self.duration(v, key),
+            None => Ok(default),
+        };
+        let max_body = match &r.max_body {
+            Some(v) => parse_size(v.get_ref()).map_err(|m| self.err(v.span(), "max_body", m))?,
+            None => default_max_body,
+        };
+        let forwarded_for = match &r.forwarded_for {
+            None => ForwardedFor::Replace,
+            Some(v) => match v.get_ref().as_str() {
+                "replace" => ForwardedFor::Replace,
+                "append" => ForwardedFor::Append,
+                _ => {
+                    return Err(self.err(
+                        v.span(),
+                        "forwarded_for",
+                        "expected \"replace\" or \"append\"",
+                    ))
+                }
+            },
+        };
+        Ok(Route {
+            path: path.clone(),
+            upstream,
+            forwarded_prefix,
+            websocket_timeout: opt_dur(
+                &r.websocket_timeout,
+                "websocket_timeout",
+                DEFAULT_WEBSOCKET_TIMEOUT,
+            )?,
+            timeout: opt_dur(&r.timeout, "timeout", DEFAULT_TIMEOUT)?,
+            connect_timeout: opt_dur(
+                &r.connect_timeout,
+                "connect_timeout",
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            max_body,
+            forwarded_for,
+            compress: r.compress.unwrap_or(true),
+        })
+    }
+}
+
+/// Environment variables override the file (AliasVault's `.env` names).
+fn apply_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
+    if let Some(v) = env.get("HTTP_PORT") {
+        cfg.http_port = env_port(v, "HTTP_PORT")?;
+    }
+    if let Some(v) = env.get("HTTPS_PORT") {
+        cfg.https_port = env_port(v, "HTTPS_PORT")?;
+    }
+    if let Some(v) = env.get("FORCE_HTTPS_REDIRECT") {
+        cfg.force_https_redirect = parse_bool(&v.value)
+            .ok_or_else(|| ConfigError::var("FORCE_HTTPS_REDIRECT", v, "expected true or false"))?;
+    }
+    if let Some(v) = env.get("HOSTNAME") {
+        // AliasVault treats an empty HOSTNAME as localhost.
+        let h = v.value.trim();
+        if h.is_empty() {
+            cfg.hostname = "localhost".into();
+        } else {
+            validate_hostname(h).map_err(|m| ConfigError::var("HOSTNAME", v, m))?;
+            cfg.hostname = h.to_string();
+        }
+    }
+    if let Some(v) = env.get("DEPLOYMENT_MODE") {
+        HeaderValue::from_str(&v.value)
+            .map_err(|_| ConfigError::var("DEPLOYMENT_MODE", v, "not a valid header value"))?;
+        cfg.deployment_mode = (!v.value.is_empty()).then(|| v.value.clone());
+    }
+    if let Some(v) = env.get("GATEHOUSE_WORKERS") {
+        cfg.workers = v
+            .value
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1024).contains(n))
+            .ok_or_else(|| {
+                ConfigError::var(
+                    "GATEHOUSE_WORKERS",
+                    v,
+                    "expected a number of threads from 1 to 1024",
+                )
+            })?;
+    }
+    for name in [
+        "TRUSTED_PROXIES",
+        "ADMIN_IP_ALLOWLIST",
+        "LETSENCRYPT_ENABLED",
+    ] {
+        if env.get(name).is_some_and(|v| !v.value.trim().is_empty()) {
+            cfg.unsupported_vars.push(name);
+        }
+    }
+    Ok(())
+}
+
+fn env_port(v: &env::Value, name: &str) -> Result<u16, ConfigError> {
+    v.value
+        .trim()
+        .parse::<u16>()
+        .map_err(|_| ConfigError::var(name, v, "expected a port number from 0 to 65535"))
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn mib(n: i64) -> Option<u64> {
+    u64::try_from(n)
+        .ok()
+        .filter(|n| *n > 0)?
+        .checked_mul(1024 * 1024)
+}
+
+/// A host name for the certificate: a DNS name or an IP address.
+fn validate_hostname(h: &str) -> Result<(), String> {
+    if h.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err("expected a DNS name or an IP address".into())
+    }
+}
+
+/// `http://host[:port]`, where host is a name, an IPv4 address or a
+/// bracketed IPv6 address. The upstream sees the client's path as sent, so a
+/// path here would be ambiguous and is refused.
+pub fn parse_upstream(url: &str) -> Result<Upstream, String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        "expected http://host:port (only plain HTTP upstreams are supported)".to_string()
+    })?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) {
+        return Err("an upstream is http://host:port, without path, query or user".into());
+    }
+    let authority =
+        Authority::from_str(rest).map_err(|_| format!("{rest:?} is not a valid host:port"))?;
+    if authority.host().is_empty() {
+        return Err("the upstream has no host".into());
+    }
+    let authority = match authority.port_u16() {
+        Some(0) => return Err("port 0 is not a valid upstream port".into()),
+        Some(_) => authority,
+        None => {
+            Authority::from_str(&format!("{}:80", authority.host())).map_err(|e| e.to_string())?
+        }
+    };
+    Ok(Upstream {
+        url: url.to_string(),
+        authority,
+    })
+}
+
+/// Durations such as `"24h"`, `"60s"`, `"1m30s"`, `"500ms"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("{s:?} is not a duration (examples: \"500ms\", \"60s\", \"5m\", \"24h\")");
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(err());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+        if digits == 0 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(err)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(err)?),
+            "d" => Duration::from_secs(n.checked_mul(86400).ok_or_else(err)?),
+            _ => return Err(err()),
+        };
+        total = total.checked_add(unit).ok_or_else(err)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Sizes: bytes as an integer, or `"100M"`, `"64KiB"`, `"1G"` (binary).
+pub fn parse_size(v: &file::Size) -> Result<u64, String> {
+    match v {
+        file::Size::Bytes(n) => u64::try_from(*n).map_err(|_| "a size cannot be negative".into()),
+        file::Size::Text(s) => {
+            let t = s.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let n: u64 = t[..split].parse().map_err(|_| {
+                format!("{s:?} is not a size (examples: 1048576, \"512K\", \"100M\", \"1G\")")
+            })?;
+            let mult: u64 = match t[split..].trim().to_ascii_lowercase().as_str() {
+                "" | "b" => 1,
+                "k" | "kb" | "kib" => 1 << 10,
+                "m" | "mb" | "mib" => 1 << 20,
+                "g" | "gb" | "gib" => 1 << 30,
+                _ => {
+                    return Err(format!(
+                        "{s:?} is not a size (examples: 1048576, \"512K\", \"100M\", \"1G\")"
+                    ))
+                }
+            };
+            n.checked_mul(mult)
+                .ok_or_else(|| format!("{s:?} is too large"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        for bad in ["", "h", "10", "10x", "1.5s", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(
+            parse_size(&file::Size::Text("100M".into())).unwrap(),
+            100 << 20
+        );
+        assert_eq!(
+            parse_size(&file::Size::Text("64KiB".into())).unwrap(),
+            64 << 10
+        );
+        assert_eq!(parse_size(&file::Size::Bytes(10)).unwrap(), 10);
+        assert!(parse_size(&file::Size::Text("10Q".into())).is_err());
+        assert!(parse_size(&file::Size::Bytes(-1)).is_err());
+    }
+
+    #[test]
+    fn upstreams() {
+        assert_eq!(
+            parse_upstream("http://admin:3002").unwrap().authority,
+            "admin:3002"
+        );
+        assert_eq!(parse_upstream("http://api").unwrap().authority, "api:80");
+        assert_eq!(
+            parse_upstream("http://[::1]:8080/").unwrap().authority,
+            "[::1]:8080"
+        );
+        for bad in [
+            "https://a:1",
+            "a:1",
+            "http://a:1/x",
+            "http://:1",
+            "http://a:0",
+            "http://u@a:1",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn built_in_is_aliasvault() {
+        let cfg = load(&Source::BuiltIn, &Env::empty()).unwrap();
+        let paths: Vec<_> = cfg
+            .routes
+            .iter()
+            .map(|r| (r.path.as_str(), r.upstream.url.as_str()))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("/admin", "http://admin:3002"),
+                ("/api", "http://api:3001"),
+                ("/", "http://client:3000")
+            ]
+        );
+        assert_eq!(cfg.routes[0].websocket_timeout, Duration::from_secs(86400));
+        assert_eq!((cfg.http_port, cfg.https_port), (80, 443));
+        assert!(cfg.force_https_redirect);
+        assert_eq!(cfg.routes[2].max_body, 100 << 20);
+    }
+
+    #[test]
+    fn env_overrides_file_and_names_the_variable() {
+        let env = Env::from_pairs([
+            ("HTTPS_PORT", "8443"),
+            ("MAX_UPLOAD_SIZE_MB", "5"),
+            ("FORCE_HTTPS_REDIRECT", "false"),
+        ]);
+        let cfg = load(&Source::BuiltIn, &env).unwrap();
+        assert_eq!(cfg.https_port, 8443);
+        assert!(!cfg.force_https_redirect);
+        assert!(cfg.routes.iter().all(|r| r.max_body == 5 << 20));
+        let err = load(
+            &Source::BuiltIn,
+            &Env::from_pairs([("HTTP_PORT", "eighty")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("HTTP_PORT"));
+        assert!(
+            err.to_string()
+                .contains("HTTP_PORT: invalid value \"eighty\""),
+            "{err}"
+        );
+        let err = load(
+            &Source::BuiltIn,
+            &Env::from_pairs([("FORCE_HTTPS_REDIRECT", "maybe")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("FORCE_HTTPS_REDIRECT"));
+    }
+}

@@ -1,0 +1,111 @@
+//! Per-request failures and the one place they become responses.
+
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{BoxError, ResponseBody};
+
+/// Why a request could not be proxied. Causes are kept as sources, never
+/// formatted into strings, so the log line can print the whole chain.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matches the request path")]
+    NoRoute,
+    #[error("request body exceeds the route's limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("request is malformed: {0}")]
+    BadRequest(&'static str),
+    #[error("cannot connect to the upstream")]
+    UpstreamConnect(#[source] BoxError),
+    #[error("upstream did not answer within {0:?}")]
+    UpstreamTimeout(std::time::Duration),
+    #[error("upstream failed")]
+    UpstreamProtocol(#[source] BoxError),
+    #[error("upstream answered {0}")]
+    UpstreamStatus(StatusCode),
+    #[error("upgrade failed")]
+    Upgrade(#[source] BoxError),
+}
+
+impl ProxyError {
+    /// The status the client sees. The only mapping from causes to statuses.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            // AliasVault's nginx maps every upstream failure (and an
+            // upstream's own 502/503/504, its #1098) to 503 + status page.
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamProtocol(_)
+            | ProxyError::UpstreamStatus(_)
+            | ProxyError::Upgrade(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// A short page for the client; no internals, no upstream names.
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let status = self.status();
+        let mut res = match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let mut res = Response::new(ResponseBody::full(STATUS_PAGE));
+                let h = res.headers_mut();
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                h.insert(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-cache, no-store, must-revalidate"),
+                );
+                h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+                h.insert(header::EXPIRES, HeaderValue::from_static("0"));
+                res
+            }
+            _ => {
+                let text = format!(
+                    "{} {}\n",
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or("Error")
+                );
+                let mut res = Response::new(ResponseBody::full(text));
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                res
+            }
+        };
+        *res.status_mut() = status;
+        if status == StatusCode::BAD_REQUEST {
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        res
+    }
+}
+
+/// Served with 503 whenever an upstream is down, starting or failing, like
+/// AliasVault's `status.html`. It names neither the route nor the upstream.
+pub const STATUS_PAGE: &str = r#"<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Temporarily unavailable</title>
+<style>
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;background:#f3f4f6;color:#1f2937;display:flex;min-height:100vh;margin:0;align-items:center;justify-content:center}
+main{background:#fff;border-radius:12px;box-shadow:0 4px 24px rgba(0,0,0,.08);padding:2.5rem;max-width:32rem;text-align:center}
+h1{font-size:1.4rem;margin:0 0 1rem}
+p{line-height:1.5;margin:.5rem 0}
+</style>
+</head>
+<body>
+<main>
+<h1>Temporarily unavailable</h1>
+<p>The service is temporarily unavailable. It may be undergoing maintenance or starting up.</p>
+<p>Please try again by refreshing the page in a moment.</p>
+</main>
+</body>
+</html>
+"#;

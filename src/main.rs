@@ -1,0 +1,5 @@
+//! `gatehouse`: see `gatehouse --help`.
+
+fn main() -> std::process::ExitCode {
+    gatehouse::cli::main()
+}

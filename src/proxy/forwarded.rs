@@ -1,0 +1,318 @@
+//! Request and response header rewriting: hop-by-hop removal and the
+//! `X-Forwarded-*` family. Pure functions over a `HeaderMap`.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::ForwardedFor;
+
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Removes the hop-by-hop fields of RFC 9110 §7.6.1: `Connection` and every
+/// field it names, plus the fixed set (`Keep-Alive`, `Proxy-Connection`,
+/// `TE`, `Transfer-Encoding`, `Upgrade`, and HTTP/2's `HTTP2-Settings`).
+/// hyper frames bodies itself, so `Transfer-Encoding` is regenerated as
+/// needed. Returns whether the client's `TE` accepted trailers.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    // Fields named by Connection are collected first: removing while
+    // iterating the same map is not possible, and the list is short.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &HTTP2_SETTINGS,
+    ] {
+        headers.remove(name);
+    }
+    te_trailers
+}
+
+/// What the proxy observed about the client's connection.
+pub struct Observed<'a> {
+    /// The client address, already rendered.
+    pub client_ip: &'a HeaderValue,
+    /// `http` or `https`: the scheme the request arrived over.
+    pub proto: &'a HeaderValue,
+    /// The `Host` (or HTTP/2 `:authority`) as the client sent it.
+    pub host: Option<&'a HeaderValue>,
+    pub prefix: Option<&'a HeaderValue>,
+    pub mode: ForwardedFor,
+    pub https: bool,
+}
+
+/// Sets the forwarding headers sent upstream. The client's own
+/// `X-Real-IP`/`X-Forwarded-*` are replaced, never trusted (AliasVault
+/// #2325: appending let a client spoof its address), unless the route asks
+/// for `forwarded_for = "append"`.
+pub fn set_forwarding(headers: &mut HeaderMap, o: &Observed<'_>) {
+    headers.insert(&X_REAL_IP, o.client_ip.clone());
+    match o.mode {
+        ForwardedFor::Replace => {
+            headers.insert(&X_FORWARDED_FOR, o.client_ip.clone());
+        }
+        ForwardedFor::Append => {
+            let mut list = Vec::new();
+            for v in headers.get_all(&X_FORWARDED_FOR) {
+                if !list.is_empty() {
+                    list.extend_from_slice(b", ");
+                }
+                list.extend_from_slice(v.as_bytes());
+            }
+            if !list.is_empty() {
+                list.extend_from_slice(b", ");
+            }
+            list.extend_from_slice(o.client_ip.as_bytes());
+            let v = HeaderValue::from_bytes(&list).unwrap_or_else(|_| o.client_ip.clone());
+            headers.insert(&X_FORWARDED_FOR, v);
+        }
+    }
+    headers.insert(&X_FORWARDED_PROTO, o.proto.clone());
+    match o.host {
+        Some(host) => {
+            headers.insert(&X_FORWARDED_HOST, host.clone());
+            headers.insert(&X_FORWARDED_PORT, forwarded_port(host.as_bytes(), o.https));
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+            headers.insert(
+                &X_FORWARDED_PORT,
+                HeaderValue::from_static(if o.https { "443" } else { "80" }),
+            );
+        }
+    }
+    match o.prefix {
+        Some(p) => {
+            headers.insert(&X_FORWARDED_PREFIX, p.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_PREFIX);
+        }
+    }
+}
+
+/// The port the client connected to as it sees it: the one in its Host, or
+/// the scheme's default. Behind Docker's port mapping this is the public
+/// port, which is what an app needs to build its own URLs (AliasVault #940).
+pub fn forwarded_port(host: &[u8], https: bool) -> HeaderValue {
+    match split_port(host) {
+        Some(port) if !port.is_empty() && port.iter().all(u8::is_ascii_digit) => {
+            HeaderValue::from_bytes(port).unwrap_or_else(|_| HeaderValue::from_static("443"))
+        }
+        _ => HeaderValue::from_static(if https { "443" } else { "80" }),
+    }
+}
+
+/// The port part of `host:port` or `[v6]:port`, if any.
+fn split_port(host: &[u8]) -> Option<&[u8]> {
+    let after_v6 = match host.iter().rposition(|b| *b == b']') {
+        Some(i) => &host[i + 1..],
+        None => host,
+    };
+    let colon = after_v6.iter().rposition(|b| *b == b':')?;
+    Some(&after_v6[colon + 1..])
+}
+
+/// The host without its port: `example.com:8443` → `example.com`,
+/// `[::1]:8080` → `[::1]`.
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(i) => &host[..=i],
+            None => host,
+        };
+    }
+    match host.rsplit_once(':') {
+        Some((h, _)) => h,
+        None => host,
+    }
+}
+
+/// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 upstreams expect
+/// one, joined with "; " (RFC 9113 §8.2.3).
+pub fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for v in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// `Location: http://HOST/...` for the request's own host becomes
+/// `https://HOST/...` when the request came over HTTPS: an app behind the
+/// proxy sees plain HTTP and would otherwise send the browser off TLS
+/// (nginx's `proxy_redirect http:// https://`, limited to our own host).
+pub fn rewrite_location(headers: &mut HeaderMap, request_host: &[u8]) {
+    let Some(loc) = headers.get(header::LOCATION) else {
+        return;
+    };
+    let bytes = loc.as_bytes();
+    let Some(rest) = bytes.strip_prefix(b"http://") else {
+        return;
+    };
+    let Some(after_host) = rest.strip_prefix(request_host) else {
+        return;
+    };
+    if !(after_host.is_empty() || matches!(after_host[0], b'/' | b'?' | b'#')) {
+        return;
+    }
+    let mut v = Vec::with_capacity(bytes.len() + 1);
+    v.extend_from_slice(b"https://");
+    v.extend_from_slice(rest);
+    if let Ok(v) = HeaderValue::from_bytes(&v) {
+        headers.insert(header::LOCATION, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_fields_and_connection_tokens_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "trailers, gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("proxy-connection", "keep-alive"),
+            ("x-kept", "yes"),
+        ]);
+        assert!(strip_hop_by_hop(&mut h));
+        assert_eq!(h.len(), 1);
+        assert_eq!(h["x-kept"], "yes");
+        let mut h = map(&[("te", "gzip")]);
+        assert!(!strip_hop_by_hop(&mut h));
+    }
+
+    #[test]
+    fn forwarding_replaces_spoofed_values() {
+        let ip = HeaderValue::from_static("203.0.113.7");
+        let https = HeaderValue::from_static("https");
+        let host = HeaderValue::from_static("vault.example.com:8443");
+        let prefix = HeaderValue::from_static("/admin/");
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-prefix", "/evil"),
+        ]);
+        let o = Observed {
+            client_ip: &ip,
+            proto: &https,
+            host: Some(&host),
+            prefix: Some(&prefix),
+            mode: ForwardedFor::Replace,
+            https: true,
+        };
+        set_forwarding(&mut h, &o);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7");
+        assert_eq!(h["x-real-ip"], "203.0.113.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "vault.example.com:8443");
+        assert_eq!(h["x-forwarded-port"], "8443");
+        assert_eq!(h["x-forwarded-prefix"], "/admin/");
+
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("x-forwarded-prefix", "/evil"),
+        ]);
+        let o = Observed {
+            prefix: None,
+            mode: ForwardedFor::Append,
+            ..o
+        };
+        set_forwarding(&mut h, &o);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 203.0.113.7");
+        assert!(!h.contains_key("x-forwarded-prefix"));
+    }
+
+    #[test]
+    fn ports_and_hosts() {
+        assert_eq!(forwarded_port(b"example.com", true), "443");
+        assert_eq!(forwarded_port(b"example.com", false), "80");
+        assert_eq!(forwarded_port(b"example.com:8443", true), "8443");
+        assert_eq!(forwarded_port(b"[::1]:9000", false), "9000");
+        assert_eq!(forwarded_port(b"[::1]", true), "443");
+        assert_eq!(host_without_port("example.com:8080"), "example.com");
+        assert_eq!(host_without_port("[::1]:8080"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
+        assert_eq!(host_without_port("10.0.0.1"), "10.0.0.1");
+    }
+
+    #[test]
+    fn location_rewritten_only_for_own_host() {
+        for (loc, want) in [
+            (
+                "http://v.example:8443/admin/",
+                "https://v.example:8443/admin/",
+            ),
+            ("http://v.example:8443", "https://v.example:8443"),
+            ("http://v.example:84430/", "http://v.example:84430/"),
+            ("http://other.example/", "http://other.example/"),
+            ("/relative", "/relative"),
+        ] {
+            let mut h = map(&[("location", loc)]);
+            rewrite_location(&mut h, b"v.example:8443");
+            assert_eq!(h["location"], want, "{loc}");
+        }
+    }
+
+    #[test]
+    fn cookies_joined_for_http1() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2");
+    }
+}

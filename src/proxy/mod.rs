@@ -1,0 +1,395 @@
+//! The request pipeline: one function per phase, called in order by
+//! [`handle`]. See the crate documentation for the flow.
+
+pub mod compress;
+pub mod forwarded;
+pub mod upgrade;
+pub mod upstream;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use crate::body::{is_body_too_large, ResponseBody, UpstreamBody};
+use crate::error::ProxyError;
+use crate::runtime::{RouteRt, Runtime};
+use crate::Shared;
+
+/// The reserved path of RFC 8555 §8.3 (HTTP-01 challenges).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// What is known about the client's connection, computed once per
+/// connection rather than per request.
+#[derive(Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    /// The client address rendered for `X-Real-IP`/`X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+    pub proto: HeaderValue,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+        let ip = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        Conn {
+            peer,
+            local,
+            tls,
+            client_ip: HeaderValue::from_str(&ip.to_string())
+                .expect("invariant: an IP address is a valid header value"),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+/// Entry point for every request: runs the phases, turns a failure into its
+/// response (logged once here), and applies the security headers to
+/// whatever goes out.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: Arc<Conn>,
+    shared: Arc<Shared>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    // One snapshot per request: a reload cannot change it half way.
+    let rt = shared.runtime.load_full();
+    let method = req.method().clone();
+    // Cheap clones (reference-counted bytes), kept for the failure log line.
+    let uri = req.uri().clone();
+    let mut res = match inner(req, &conn, &rt).await {
+        Ok(res) => res,
+        Err(Failure { error, route }) => {
+            match route {
+                Some(route) => tracing::warn!(
+                    client = %conn.peer,
+                    %method,
+                    path = uri.path(),
+                    route = route.path,
+                    upstream = %route.upstream.authority,
+                    cause = %ErrorChain(&error),
+                    "request failed with {}",
+                    error.status().as_u16()
+                ),
+                None => {
+                    tracing::debug!(client = %conn.peer, %method, path = uri.path(), cause = %ErrorChain(&error), "request refused")
+                }
+            }
+            error.into_response()
+        }
+    };
+    rt.headers.apply(res.headers_mut(), conn.tls);
+    Ok(res)
+}
+
+/// A failed request: the cause and the route it was on, for the log line.
+pub struct Failure {
+    pub error: ProxyError,
+    pub route: Option<Arc<RouteRt>>,
+}
+
+impl From<ProxyError> for Failure {
+    fn from(error: ProxyError) -> Self {
+        Failure { error, route: None }
+    }
+}
+
+/// Renders an error and all its sources on one line.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cur = self.0.source();
+        while let Some(e) = cur {
+            write!(f, ": {e}")?;
+            cur = e.source();
+        }
+        Ok(())
+    }
+}
+
+async fn inner(
+    req: Request<Incoming>,
+    conn: &Conn,
+    rt: &Runtime,
+) -> Result<Response<ResponseBody>, Failure> {
+    let path = req.uri().path();
+    if !conn.tls {
+        if path.starts_with(ACME_CHALLENGE_PREFIX) {
+            return Ok(serve_challenge(rt, path).await);
+        }
+        if rt.config.force_https_redirect {
+            return redirect_to_https(&req, rt).map_err(Failure::from);
+        }
+    }
+    let route = rt.router.route(path).ok_or(ProxyError::NoRoute)?.clone();
+    let on_route = |error: ProxyError| Failure {
+        error,
+        route: Some(route.clone()),
+    };
+    admit_body(&req, &route).map_err(on_route)?;
+    if upgrade::is_h2_websocket(&req) {
+        return upgrade::h2_websocket(req, conn, route.clone())
+            .await
+            .map_err(on_route);
+    }
+    if upgrade::is_h1_upgrade(&req) {
+        return upgrade::h1(req, conn, route.clone())
+            .await
+            .map_err(on_route);
+    }
+    let encoding = if route.compress {
+        compress::negotiate(req.headers().get(header::ACCEPT_ENCODING))
+    } else {
+        None
+    };
+    let method = req.method().clone();
+    let host = request_host(&req);
+    let up = prepare_upstream(req, &route, conn).map_err(on_route)?;
+    let res = send(&route, up).await.map_err(on_route)?;
+    Ok(finish_response(res, conn, host.as_ref(), &method, encoding))
+}
+
+/// Refuses a body whose declared length is over the route's limit before any
+/// of it is read. A body without a length is capped while it streams.
+fn admit_body(req: &Request<Incoming>, route: &RouteRt) -> Result<(), ProxyError> {
+    if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
+        let len = len
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
+        if len > route.max_body {
+            return Err(ProxyError::BodyTooLarge {
+                limit: route.max_body,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The host the client addressed: `Host`, or `:authority` in HTTP/2.
+pub fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+    match req.headers().get(header::HOST) {
+        Some(h) => Some(h.clone()),
+        None => req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+    }
+}
+
+/// Turns the client's request into the upstream's: same method, path and
+/// query byte for byte, the client's Host, hop-by-hop fields removed and the
+/// forwarding headers set. Runs once per proxied request.
+pub fn prepare_upstream(
+    req: Request<Incoming>,
+    route: &RouteRt,
+    conn: &Conn,
+) -> Result<Request<UpstreamBody>, ProxyError> {
+    let limit = route.max_body;
+    prepare_upstream_with(req.map(|b| UpstreamBody::new(b, limit)), route, conn)
+}
+
+/// [`prepare_upstream`] for any body type.
+pub fn prepare_upstream_with<B>(
+    req: Request<B>,
+    route: &RouteRt,
+    conn: &Conn,
+) -> Result<Request<B>, ProxyError> {
+    let host = request_host(&req);
+    let (mut parts, body) = req.into_parts();
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(route.upstream.authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    parts.uri =
+        Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    let from_h2 = parts.version == Version::HTTP_2;
+    parts.version = Version::HTTP_11;
+    let h = &mut parts.headers;
+    let te_trailers = forwarded::strip_hop_by_hop(h);
+    if te_trailers {
+        // We accept trailers from the upstream and pass them on.
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if from_h2 {
+        forwarded::join_cookies(h);
+    }
+    match &host {
+        Some(v) => {
+            h.insert(header::HOST, v.clone());
+        }
+        None => return Err(ProxyError::BadRequest("missing Host")),
+    }
+    forwarded::set_forwarding(
+        h,
+        &forwarded::Observed {
+            client_ip: &conn.client_ip,
+            proto: &conn.proto,
+            host: host.as_ref(),
+            prefix: route.forwarded_prefix.as_ref(),
+            mode: route.forwarded_for,
+            https: conn.tls,
+        },
+    );
+    Ok(Request::from_parts(parts, body))
+}
+
+/// Sends the request on the route's pool and waits for the response head
+/// within the route's `timeout`. An upstream 502/503/504 counts as a
+/// failure so the client sees the status page (AliasVault #1098).
+pub async fn send(
+    route: &RouteRt,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, ProxyError> {
+    let res = match tokio::time::timeout(route.timeout, route.client.request(req)).await {
+        Err(_) => return Err(ProxyError::UpstreamTimeout(route.timeout)),
+        Ok(Err(e)) => {
+            if is_body_too_large(&e) {
+                return Err(ProxyError::BodyTooLarge {
+                    limit: route.max_body,
+                });
+            }
+            return Err(if e.is_connect() {
+                ProxyError::UpstreamConnect(e.into())
+            } else {
+                ProxyError::UpstreamProtocol(e.into())
+            });
+        }
+        Ok(Ok(res)) => res,
+    };
+    match res.status() {
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
+            Err(ProxyError::UpstreamStatus(res.status()))
+        }
+        _ => Ok(res),
+    }
+}
+
+/// Shapes the upstream's response for the client: hop-by-hop fields out,
+/// own-host `Location` kept on https, compression when it pays.
+pub fn finish_response(
+    res: Response<Incoming>,
+    conn: &Conn,
+    host: Option<&HeaderValue>,
+    method: &Method,
+    encoding: Option<compress::Encoding>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = res.into_parts();
+    forwarded::strip_hop_by_hop(&mut parts.headers);
+    if conn.tls {
+        if let Some(host) = host {
+            forwarded::rewrite_location(&mut parts.headers, host.as_bytes());
+        }
+    }
+    let res = Response::from_parts(parts, ResponseBody::Upstream { body });
+    match encoding {
+        Some(enc) if compress::should_compress(method, res.status(), res.headers()) => {
+            compress::compress(res, enc)
+        }
+        _ => {
+            let mut res = res;
+            // The response varies by Accept-Encoding whenever it could have
+            // been compressed, even when this client did not ask.
+            if encoding.is_none()
+                && res
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(compress::compressible_type)
+                && !res.headers().contains_key(header::CONTENT_ENCODING)
+            {
+                compress::add_vary(res.headers_mut());
+            }
+            res
+        }
+    }
+}
+
+/// `FORCE_HTTPS_REDIRECT`: 301 to the same host, path and query on HTTPS,
+/// keeping a non-443 port (AliasVault's nginx drops it, their #940).
+fn redirect_to_https(
+    req: &Request<Incoming>,
+    rt: &Runtime,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let host = match req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    {
+        Some(h) if valid_host(h) => forwarded::host_without_port(h).to_string(),
+        Some(_) => return Err(ProxyError::BadRequest("invalid Host")),
+        // HTTP/1.0 without Host: the configured name.
+        None => rt.config.hostname.clone(),
+    };
+    let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+    let location = if rt.redirect_port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{}{pq}", rt.redirect_port)
+    };
+    let location = HeaderValue::from_str(&location)
+        .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+    let mut res = Response::new(ResponseBody::empty());
+    *res.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    res.headers_mut().insert(header::LOCATION, location);
+    Ok(res)
+}
+
+/// A Host that can be put in a URL as is: a name, IPv4, or bracketed IPv6,
+/// with an optional port. Anything else could turn the redirect into a link
+/// to another place.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 260
+        && h.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
+}
+
+/// Serves certbot's webroot for HTTP-01 challenges: only a single token
+/// segment of the base64url alphabet (RFC 8555 §8.1), so no path can leave
+/// the folder; `Cache-Control: no-cache`; 404 when absent.
+async fn serve_challenge(rt: &Runtime, path: &str) -> Response<ResponseBody> {
+    let token = &path[ACME_CHALLENGE_PREFIX.len()..];
+    let valid = !token.is_empty()
+        && token.len() <= 256
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let file = match (&rt.webroot, valid) {
+        (Some(root), true) => tokio::fs::read(root.join(".well-known/acme-challenge").join(token))
+            .await
+            .ok(),
+        _ => None,
+    };
+    let mut res = match file {
+        Some(bytes) => {
+            let mut res = Response::new(ResponseBody::full(bytes));
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            res
+        }
+        None => ProxyError::NoRoute.into_response(),
+    };
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
+}

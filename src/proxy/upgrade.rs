@@ -1,0 +1,262 @@
+//! Upgraded connections: HTTP/1.1 `Upgrade` (WebSocket and friends) and
+//! WebSocket over HTTP/2 extended CONNECT (RFC 8441), both tunnelled to an
+//! HTTP/1.1 upstream.
+//!
+//! A tunnel owns everything it needs (its two streams and its idle limit)
+//! and nothing of the runtime, so swapping the configuration never cuts an
+//! open WebSocket (Blazor Server's circuit under `/admin/_blazor`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::{forwarded, prepare_upstream, send, Conn};
+use crate::body::{ResponseBody, UpstreamBody};
+use crate::error::ProxyError;
+use crate::runtime::RouteRt;
+
+static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
+
+/// An HTTP/1.1 request asking to switch protocols (RFC 9110 §7.8).
+pub fn is_h1_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441 §4).
+pub fn is_h2_websocket(req: &Request<Incoming>) -> bool {
+    req.method() == Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Proxies an HTTP/1.1 upgrade: the upstream's 101 goes back to the client,
+/// then bytes are copied both ways until one side closes or the route's
+/// `websocket_timeout` passes without traffic. Any other answer is an
+/// ordinary response.
+pub async fn h1(
+    mut req: Request<Incoming>,
+    conn: &Conn,
+    route: Arc<RouteRt>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let protocol = req.headers().get(header::UPGRADE).cloned();
+    let host = super::request_host(&req);
+    let mut up = prepare_upstream(req, &route, conn)?;
+    if let Some(p) = protocol {
+        up.headers_mut().insert(header::UPGRADE, p);
+        up.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let mut res = send(&route, up).await?;
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(super::finish_response(
+            res,
+            conn,
+            host.as_ref(),
+            &Method::GET,
+            None,
+        ));
+    }
+    let upstream_side = hyper::upgrade::on(&mut res);
+    spawn_tunnel(
+        client_side,
+        upstream_side,
+        route.websocket_timeout,
+        route.path.clone(),
+    );
+    let (mut parts, _) = res.into_parts();
+    let upgrade = parts.headers.get(header::UPGRADE).cloned();
+    forwarded::strip_hop_by_hop(&mut parts.headers);
+    if let Some(u) = upgrade {
+        parts.headers.insert(header::UPGRADE, u);
+    }
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    Ok(Response::from_parts(parts, ResponseBody::empty()))
+}
+
+/// Proxies RFC 8441 WebSocket-over-HTTP/2 to an HTTP/1.1 upstream: the
+/// extended CONNECT becomes a GET with `Upgrade: websocket` and a fresh
+/// `Sec-WebSocket-Key`; the upstream's 101 (its accept key checked) becomes
+/// a 200 on the stream, which then carries the WebSocket bytes.
+pub async fn h2_websocket(
+    mut req: Request<Incoming>,
+    conn: &Conn,
+    route: Arc<RouteRt>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let client_side = hyper::upgrade::on(&mut req);
+    let (mut parts, _body) = req.into_parts();
+    parts.method = Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    let req = Request::from_parts(parts, UpstreamBody::empty());
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
+    let expected_accept =
+        tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut up = super::prepare_upstream_with(req, &route, conn)?;
+    let h = up.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(
+        &SEC_WEBSOCKET_KEY,
+        HeaderValue::from_str(&key).expect("invariant: base64 is a valid header value"),
+    );
+    h.entry(header::SEC_WEBSOCKET_VERSION)
+        .or_insert(HeaderValue::from_static("13"));
+    let mut res = send(&route, up).await?;
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(super::finish_response(res, conn, None, &Method::GET, None));
+    }
+    if res
+        .headers()
+        .get(header::SEC_WEBSOCKET_ACCEPT)
+        .map(HeaderValue::as_bytes)
+        != Some(expected_accept.as_bytes())
+    {
+        return Err(ProxyError::Upgrade(
+            "upstream sent a wrong Sec-WebSocket-Accept".into(),
+        ));
+    }
+    let upstream_side = hyper::upgrade::on(&mut res);
+    spawn_tunnel(
+        client_side,
+        upstream_side,
+        route.websocket_timeout,
+        route.path.clone(),
+    );
+    let mut out = Response::new(ResponseBody::empty());
+    for name in [
+        header::SEC_WEBSOCKET_PROTOCOL,
+        header::SEC_WEBSOCKET_EXTENSIONS,
+    ] {
+        if let Some(v) = res.headers().get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, route: String) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(route, "upgrade did not complete: {e}");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        match splice(&mut client, &mut upstream, idle).await {
+            Ok(Closed::Idle) => tracing::debug!(
+                route,
+                ?idle,
+                "upgraded connection closed after idle timeout"
+            ),
+            Ok(Closed::Eof) => {}
+            Err(e) => tracing::debug!(route, "upgraded connection ended: {e}"),
+        }
+    });
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    Eof,
+    Idle,
+}
+
+/// Copies bytes both ways until both directions reach end of stream, or
+/// until nothing moves for `idle`. A half-close is passed on as a shutdown
+/// of the other side's write half.
+pub async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<Closed>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut buf_a = vec![0u8; 16 * 1024];
+    let mut buf_b = vec![0u8; 16 * 1024];
+    let (mut a_open, mut b_open) = (true, true);
+    let deadline = tokio::time::sleep(idle);
+    tokio::pin!(deadline);
+    while a_open || b_open {
+        tokio::select! {
+            n = a.read(&mut buf_a), if a_open => {
+                let n = n?;
+                if n == 0 {
+                    a_open = false;
+                    b.shutdown().await.ok();
+                } else {
+                    b.write_all(&buf_a[..n]).await?;
+                    b.flush().await?;
+                }
+            }
+            n = b.read(&mut buf_b), if b_open => {
+                let n = n?;
+                if n == 0 {
+                    b_open = false;
+                    a.shutdown().await.ok();
+                } else {
+                    a.write_all(&buf_b[..n]).await?;
+                    a.flush().await?;
+                }
+            }
+            () = &mut deadline => return Ok(Closed::Idle),
+        }
+        deadline.as_mut().reset(tokio::time::Instant::now() + idle);
+    }
+    Ok(Closed::Eof)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn splice_copies_both_ways_and_ends_on_close() {
+        let (mut a_outer, mut a_inner) = tokio::io::duplex(64);
+        let (mut b_inner, mut b_outer) = tokio::io::duplex(64);
+        let task = tokio::spawn(async move {
+            splice(&mut a_inner, &mut b_inner, Duration::from_secs(30)).await
+        });
+        a_outer.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        b_outer.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        b_outer.write_all(b"pong").await.unwrap();
+        a_outer.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        drop(a_outer);
+        drop(b_outer);
+        let r = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.unwrap(), Closed::Eof);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn splice_ends_when_idle() {
+        let (_a_outer, mut a_inner) = tokio::io::duplex(64);
+        let (mut b_inner, _b_outer) = tokio::io::duplex(64);
+        let r = splice(&mut a_inner, &mut b_inner, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(r, Closed::Idle);
+    }
+}

@@ -1,0 +1,77 @@
+//! Everything built from one `Config` that requests need: the router with
+//! each route's pooled upstream client, the header policy, the redirect
+//! target. Immutable once built; a request takes one snapshot and keeps it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use crate::config::{Config, ForwardedFor, TlsSettings, Upstream};
+use crate::policy::headers::HeaderPolicy;
+use crate::proxy::upstream::{self, HttpClient};
+use crate::router::Router;
+
+/// One route, ready to serve.
+pub struct RouteRt {
+    pub path: String,
+    pub upstream: Upstream,
+    pub client: HttpClient,
+    pub forwarded_prefix: Option<HeaderValue>,
+    pub websocket_timeout: Duration,
+    pub timeout: Duration,
+    pub max_body: u64,
+    pub forwarded_for: ForwardedFor,
+    pub compress: bool,
+}
+
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub router: Router<Arc<RouteRt>>,
+    pub headers: HeaderPolicy,
+    /// The HTTPS port put into redirects: the configured one, or the bound
+    /// one when the configuration asked for an ephemeral port (tests).
+    pub redirect_port: u16,
+    /// The certbot webroot served under `/.well-known/acme-challenge/`.
+    pub webroot: Option<PathBuf>,
+}
+
+impl Runtime {
+    pub fn build(config: Config, bound_https_port: Option<u16>) -> Runtime {
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| {
+                let rt = RouteRt {
+                    path: r.path.clone(),
+                    upstream: r.upstream.clone(),
+                    client: upstream::client(r.connect_timeout),
+                    forwarded_prefix: r.forwarded_prefix.clone(),
+                    websocket_timeout: r.websocket_timeout,
+                    timeout: r.timeout,
+                    max_body: r.max_body,
+                    forwarded_for: r.forwarded_for,
+                    compress: r.compress,
+                };
+                (r.path.clone(), Arc::new(rt))
+            })
+            .collect();
+        let headers = HeaderPolicy::new(&config.headers, config.deployment_mode.as_deref());
+        let redirect_port = match (config.https_port, bound_https_port) {
+            (0, Some(p)) => p,
+            (p, _) => p,
+        };
+        let webroot = match &config.tls {
+            TlsSettings::Files { webroot, .. } => Some(webroot.clone()),
+            TlsSettings::Ephemeral => None,
+        };
+        Runtime {
+            config: Arc::new(config),
+            router: Router::new(routes),
+            headers,
+            redirect_port,
+            webroot,
+        }
+    }
+}

@@ -1,0 +1,373 @@
+//! TLS: certificate loading, AliasVault's self-signed fallback, and the
+//! rustls server configuration (ring provider, TLS 1.2 and 1.3 only).
+//!
+//! The served certificate sits behind a resolver with a swappable slot, so
+//! a renewed certificate can replace it without touching listeners.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::crypto::ring as provider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+use crate::config::{ConfigError, TlsSettings};
+
+/// Where the served certificate came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertSource {
+    File(PathBuf),
+    /// Self-signed, generated now and written to disk.
+    Generated(PathBuf),
+    /// Self-signed, generated now and kept in memory only.
+    Ephemeral,
+}
+
+/// What the start-up log and `gatehouse check` say about a certificate.
+#[derive(Debug, Clone)]
+pub struct CertInfo {
+    pub source: CertSource,
+    pub subject: String,
+    pub issuer: String,
+    pub sans: Vec<String>,
+    /// SHA-256 of the leaf certificate's DER, `AB:CD:...` as openssl prints it.
+    pub fingerprint: String,
+    pub not_after: String,
+    pub self_signed: bool,
+}
+
+impl fmt::Display for CertInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            CertSource::File(p) => format!("file {}", p.display()),
+            CertSource::Generated(p) => format!("self-signed, generated into {}", p.display()),
+            CertSource::Ephemeral => "self-signed, generated in memory".to_string(),
+        };
+        write!(
+            f,
+            "{source}; subject {}; SAN {}; SHA-256 {}; expires {}",
+            self.subject,
+            self.sans.join(", "),
+            self.fingerprint,
+            self.not_after
+        )
+    }
+}
+
+/// The certificate being served, loaded or generated at start-up.
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
+    pub info: CertInfo,
+}
+
+/// What start-up will do about the certificate; `gatehouse check` prints it
+/// without writing anything.
+pub enum Plan {
+    /// Serve this existing pair.
+    Use(Loaded),
+    /// Generate a self-signed certificate, for this reason.
+    Generate(&'static str),
+}
+
+/// Decides between the configured pair and AliasVault's self-signed one,
+/// reading but never writing.
+///
+/// Generates (AliasVault's entrypoint rules) when either file is missing,
+/// or when the `.hostname_marker` beside the certificate is missing or names
+/// another host and the existing certificate is self-signed. A certificate
+/// from a CA is never replaced for a missing marker. An existing pair that
+/// cannot be read or does not match is an error.
+pub fn plan(settings: &TlsSettings, hostname: &str) -> Result<Plan, ConfigError> {
+    let (cert_path, key_path) = match settings {
+        TlsSettings::Ephemeral => return Ok(Plan::Generate("kept in memory")),
+        TlsSettings::Files { cert, key, .. } => (cert, key),
+    };
+    if !cert_path.exists() || !key_path.exists() {
+        return Ok(Plan::Generate("certificate or key file missing"));
+    }
+    let cert_pem = fs::read(cert_path).map_err(|e| ConfigError::io(cert_path, e))?;
+    let key_pem = fs::read(key_path).map_err(|e| ConfigError::io(key_path, e))?;
+    let key = certified_key(&cert_pem, &key_pem, cert_path)?;
+    let info = inspect(&key, CertSource::File(cert_path.clone()))?;
+    let marker_path = marker_path(cert_path);
+    let marker = fs::read_to_string(&marker_path).ok();
+    Ok(match marker.as_deref().map(str::trim) {
+        Some(m) if m == hostname => Plan::Use(Loaded { key, info }),
+        _ if !info.self_signed => {
+            tracing::warn!(
+                cert = %cert_path.display(),
+                "{} does not name HOSTNAME {hostname:?}, but the certificate is not self-signed: serving it unchanged",
+                marker_path.display()
+            );
+            Plan::Use(Loaded { key, info })
+        }
+        None => Plan::Generate("hostname marker missing"),
+        Some(_) => Plan::Generate("HOSTNAME changed"),
+    })
+}
+
+/// Runs [`plan`] and carries it out: the pair to serve, generated and
+/// written (key 0600, then the marker) when needed.
+pub fn load_or_generate(settings: &TlsSettings, hostname: &str) -> Result<Loaded, ConfigError> {
+    let reason = match plan(settings, hostname)? {
+        Plan::Use(loaded) => return Ok(loaded),
+        Plan::Generate(reason) => reason,
+    };
+    let (cert_pem, key_pem) = generate_self_signed(hostname)?;
+    let TlsSettings::Files {
+        cert: cert_path,
+        key: key_path,
+        ..
+    } = settings
+    else {
+        let key = certified_key(
+            cert_pem.as_bytes(),
+            key_pem.as_bytes(),
+            Path::new("<generated>"),
+        )?;
+        let info = inspect(&key, CertSource::Ephemeral)?;
+        return Ok(Loaded { key, info });
+    };
+    tracing::info!(cert = %cert_path.display(), hostname, "generating a self-signed certificate ({reason})");
+    write_file(cert_path, cert_pem.as_bytes(), 0o644)?;
+    write_file(key_path, key_pem.as_bytes(), 0o600)?;
+    write_file(
+        &marker_path(cert_path),
+        format!("{hostname}\n").as_bytes(),
+        0o644,
+    )?;
+    let key = certified_key(cert_pem.as_bytes(), key_pem.as_bytes(), cert_path)?;
+    let info = inspect(&key, CertSource::Generated(cert_path.clone()))?;
+    Ok(Loaded { key, info })
+}
+
+/// AliasVault's marker: the HOSTNAME the self-signed certificate was made for.
+pub fn marker_path(cert: &Path) -> PathBuf {
+    cert.with_file_name(".hostname_marker")
+}
+
+/// A self-signed certificate as AliasVault's entrypoint makes it: CN =
+/// hostname; SAN = the hostname as an IP entry when it is an address (mobile
+/// apps reject an IP stored as a DNS name, AliasVault #1223) or a DNS entry
+/// otherwise, plus `localhost` and 127.0.0.1; valid 10 years. ECDSA P-256
+/// rather than RSA-2048: smaller, faster, accepted by every current client.
+pub fn generate_self_signed(hostname: &str) -> Result<(String, String), ConfigError> {
+    let fail = |e: rcgen::Error| ConfigError::other("certificate generation", e.to_string());
+    let mut sans: Vec<String> = vec![hostname.to_string()];
+    for extra in ["localhost", "127.0.0.1"] {
+        if !sans.iter().any(|s| s.eq_ignore_ascii_case(extra)) {
+            sans.push(extra.to_string());
+        }
+    }
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    params.subject_alt_names = sans
+        .iter()
+        .map(|s| match s.parse::<IpAddr>() {
+            Ok(ip) => Ok(rcgen::SanType::IpAddress(ip)),
+            Err(_) => s.clone().try_into().map(rcgen::SanType::DnsName),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(fail)?;
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, hostname);
+    params.distinguished_name = dn;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(3650);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(fail)?;
+    let cert = params.self_signed(&key).map_err(fail)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Parses a PEM chain and key and checks that they belong together.
+pub fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    origin: &Path,
+) -> Result<Arc<CertifiedKey>, ConfigError> {
+    let bad = |msg: String| ConfigError::other(origin.display().to_string(), msg);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("cannot parse the certificate PEM: {e}")))?;
+    if chain.is_empty() {
+        return Err(bad("no certificate found in the PEM file".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| bad(format!("cannot parse the private key PEM: {e}")))?;
+    let signing = provider::sign::any_supported_type(&key_der)
+        .map_err(|e| bad(format!("unsupported private key: {e}")))?;
+    let ck = CertifiedKey::new(chain, signing);
+    match ck.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(Arc::new(ck))
+        }
+        Err(_) => Err(bad("the private key does not match the certificate".into())),
+    }
+}
+
+/// Reads subject, SANs, expiry and fingerprint off the leaf certificate.
+pub fn inspect(key: &CertifiedKey, source: CertSource) -> Result<CertInfo, ConfigError> {
+    use x509_parser::prelude::*;
+    let leaf = key
+        .end_entity_cert()
+        .map_err(|e| ConfigError::other("certificate", e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| {
+        ConfigError::other("certificate", format!("cannot parse the certificate: {e}"))
+    })?;
+    let sans = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .map(|n| match n {
+                    GeneralName::DNSName(d) => format!("DNS:{d}"),
+                    GeneralName::IPAddress(b) => match b.len() {
+                        4 => format!(
+                            "IP:{}",
+                            std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())
+                        ),
+                        16 => format!(
+                            "IP:{}",
+                            std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())
+                        ),
+                        _ => "IP:?".to_string(),
+                    },
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(CertInfo {
+        source,
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        sans,
+        fingerprint: fingerprint(leaf.as_ref()),
+        not_after: cert.validity().not_after.to_string(),
+        self_signed: cert.subject().as_raw() == cert.issuer().as_raw(),
+    })
+}
+
+/// SHA-256 of DER bytes as colon-separated upper-case hex.
+pub fn fingerprint(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+    hex.join(":")
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half
+/// a certificate, with the mode set before any byte is written.
+fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ConfigError> {
+    let io = |e| ConfigError::io(path, e);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension("tmp-gatehouse");
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(mode);
+    }
+    let mut f = opts.open(&tmp).map_err(io)?;
+    #[cfg(unix)]
+    {
+        // The mode given to open() is filtered by the umask; set it exactly.
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(mode))
+            .map_err(io)?;
+    }
+    f.write_all(data).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+/// Hands rustls the current certificate; `set` swaps it for new handshakes
+/// while open connections keep theirs.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertResolver {
+    pub fn new(key: Arc<CertifiedKey>) -> Self {
+        CertResolver {
+            current: ArcSwap::new(key),
+        }
+    }
+
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        self.current.store(key);
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// The rustls server configuration: ring, TLS 1.2 and 1.3 only with rustls'
+/// AEAD-only suites, ALPN h2 then http/1.1, resumption by session cache and
+/// stateless tickets. rustls has no compression and no renegotiation.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    cfg.ticketer = provider::Ticketer::new()?;
+    Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn self_signed_sans_follow_aliasvault() {
+        for (host, want) in [
+            (
+                "vault.example.com",
+                vec!["DNS:vault.example.com", "DNS:localhost", "IP:127.0.0.1"],
+            ),
+            (
+                "192.168.1.10",
+                vec!["IP:192.168.1.10", "DNS:localhost", "IP:127.0.0.1"],
+            ),
+            (
+                "fd00::10",
+                vec!["IP:fd00::10", "DNS:localhost", "IP:127.0.0.1"],
+            ),
+            ("localhost", vec!["DNS:localhost", "IP:127.0.0.1"]),
+        ] {
+            let (c, k) = generate_self_signed(host).unwrap();
+            let key = certified_key(c.as_bytes(), k.as_bytes(), Path::new("t")).unwrap();
+            let info = inspect(&key, CertSource::Ephemeral).unwrap();
+            assert_eq!(info.sans, want, "{host}");
+            assert_eq!(info.subject, format!("CN={host}"));
+            assert!(info.self_signed);
+        }
+    }
+
+    #[test]
+    fn mismatched_pair_is_refused() {
+        let (c1, _) = generate_self_signed("a.example").unwrap();
+        let (_, k2) = generate_self_signed("b.example").unwrap();
+        let err = certified_key(c1.as_bytes(), k2.as_bytes(), Path::new("cert.pem")).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+    }
+}
