@@ -35,7 +35,14 @@ pub enum Command {
     Check,
     /// Start three sample upstreams on loopback and the proxy in front of
     /// them on http://localhost:8080 and https://localhost:8443.
-    Demo,
+    Demo {
+        /// HTTP port of the demo proxy (0 picks a free one).
+        #[arg(long, default_value_t = crate::demo::HTTP_PORT)]
+        http_port: u16,
+        /// HTTPS port of the demo proxy (0 picks a free one).
+        #[arg(long, default_value_t = crate::demo::HTTPS_PORT)]
+        https_port: u16,
+    },
 }
 
 /// Exit status for configuration errors (file, line and key are printed).
@@ -47,7 +54,10 @@ pub fn main() -> ExitCode {
     match cli.command {
         None => run(&cli),
         Some(Command::Check) => check(&cli),
-        Some(Command::Demo) => crate::demo::main(),
+        Some(Command::Demo {
+            http_port,
+            https_port,
+        }) => crate::demo::main(http_port, https_port),
     }
 }
 
@@ -87,11 +97,12 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve_until_signal(cfg))
+    rt.block_on(serve_until_signal(cfg, |_| {}))
 }
 
 /// Serves until SIGTERM or SIGINT, then drains for the grace period.
-pub async fn serve_until_signal(cfg: Config) -> ExitCode {
+/// `started` runs once every listener is bound.
+pub async fn serve_until_signal(cfg: Config, started: impl FnOnce(&Server)) -> ExitCode {
     let grace = cfg.grace_period;
     let server = match Server::start(cfg).await {
         Ok(s) => s,
@@ -104,6 +115,7 @@ pub async fn serve_until_signal(cfg: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    started(&server);
     let signal = wait_for_signal().await;
     tracing::info!(
         "{signal} received: no new connections, finishing in-flight requests (grace {grace:?})"

@@ -25,7 +25,7 @@ use crate::config::{self, Env, Source, TlsSettings};
 pub const HTTP_PORT: u16 = 8080;
 pub const HTTPS_PORT: u16 = 8443;
 
-pub fn main() -> ExitCode {
+pub fn main(http_port: u16, https_port: u16) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -44,7 +44,7 @@ pub fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let text = demo_config(client, api, admin, HTTP_PORT, HTTPS_PORT);
+        let text = demo_config(client, api, admin, http_port, https_port);
         let source = Source::Text {
             name: PathBuf::from("<demo>"),
             text,
@@ -58,14 +58,20 @@ pub fn main() -> ExitCode {
             }
         };
         cfg.tls = TlsSettings::Ephemeral;
-        println!("Gatehouse demo: three sample services behind one proxy.");
-        println!("  https://localhost:{HTTPS_PORT}/        client app");
-        println!("  https://localhost:{HTTPS_PORT}/api     API (answers OK)");
-        println!("  https://localhost:{HTTPS_PORT}/admin   admin panel with a live WebSocket");
-        println!("  http://localhost:{HTTP_PORT}/          redirects to HTTPS, keeping port {HTTPS_PORT}");
-        println!("The certificate is self-signed: accept it in the browser, or use curl -k.");
-        println!("Press Ctrl-C to stop.");
-        crate::cli::serve_until_signal(cfg).await
+        crate::cli::serve_until_signal(cfg, |server| {
+            let https = server.https_addrs.first().map_or(https_port, |a| a.port());
+            let http = server.http_addrs.first().map_or(http_port, |a| a.port());
+            println!("Gatehouse demo: three sample services behind one proxy.");
+            println!("  https://localhost:{https}/        client app");
+            println!("  https://localhost:{https}/api     API (answers OK)");
+            println!("  https://localhost:{https}/admin   admin panel with a live WebSocket");
+            println!(
+                "  http://localhost:{http}/          redirects to HTTPS, keeping port {https}"
+            );
+            println!("The certificate is self-signed: accept it in the browser, or use curl -k.");
+            println!("Press Ctrl-C to stop.");
+        })
+        .await
     })
 }
 

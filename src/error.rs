@@ -12,6 +12,8 @@ pub enum ProxyError {
     NoRoute,
     #[error("request body exceeds the route's limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
+    #[error("request head exceeds the limit of {limit} bytes")]
+    HeadTooLarge { limit: usize },
     #[error("request is malformed: {0}")]
     BadRequest(&'static str),
     #[error("cannot connect to the upstream")]
@@ -32,6 +34,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             // AliasVault's nginx maps every upstream failure (and an
             // upstream's own 502/503/504, its #1098) to 503 + status page.
@@ -77,7 +80,10 @@ impl ProxyError {
             }
         };
         *res.status_mut() = status;
-        if status == StatusCode::BAD_REQUEST {
+        if matches!(
+            status,
+            StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        ) {
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

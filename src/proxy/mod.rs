@@ -123,6 +123,7 @@ async fn inner(
     conn: &Conn,
     rt: &Runtime,
 ) -> Result<Response<ResponseBody>, Failure> {
+    admit_head(&req, rt.config.max_header_bytes)?;
     let path = req.uri().path();
     if !conn.tls {
         if path.starts_with(ACME_CHALLENGE_PREFIX) {
@@ -158,6 +159,21 @@ async fn inner(
     let up = prepare_upstream(req, &route, conn).map_err(on_route)?;
     let res = send(&route, up).await.map_err(on_route)?;
     Ok(finish_response(res, conn, host.as_ref(), &method, encoding))
+}
+
+/// Enforces `max_header_bytes` exactly. hyper bounds its read buffer near
+/// the limit but accepts a head that arrived whole in one read, so the
+/// parsed head is measured here: request target plus every field as it
+/// would appear on the wire (`name: value\r\n`).
+fn admit_head(req: &Request<Incoming>, limit: usize) -> Result<(), ProxyError> {
+    let mut size = req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 16;
+    for (name, value) in req.headers() {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    if size > limit {
+        return Err(ProxyError::HeadTooLarge { limit });
+    }
+    Ok(())
 }
 
 /// Refuses a body whose declared length is over the route's limit before any

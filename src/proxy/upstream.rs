@@ -32,7 +32,12 @@ pub const DNS_TTL: Duration = Duration::from_secs(5);
 
 /// Builds the pooled client of one route.
 pub fn client(connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new_with_resolver(Resolver::new(DNS_TTL));
+    client_with(Resolver::new(DNS_TTL), connect_timeout)
+}
+
+/// [`client`] over a given resolver.
+pub fn client_with(resolver: Resolver, connect_timeout: Duration) -> HttpClient {
+    let mut connector = HttpConnector::new_with_resolver(resolver);
     connector.set_connect_timeout(Some(connect_timeout));
     connector.set_nodelay(true);
     connector.set_keepalive(Some(Duration::from_secs(60)));

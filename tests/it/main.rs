@@ -1,0 +1,13 @@
+//! Integration tests: the real proxy, real upstreams, real clients, all on
+//! ephemeral loopback ports. One binary so the crate links once.
+
+mod support;
+
+mod cli;
+mod compression;
+mod failures;
+mod forwarding;
+mod limits;
+mod routing;
+mod tls;
+mod websocket;
