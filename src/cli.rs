@@ -191,6 +191,33 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
             addr(cfg.https_port)
         );
     }
+    let l = &cfg.listener;
+    let _ = writeln!(
+        out,
+        "limits: {} connections ({} per address), header timeout {}, TLS handshake {}, {} headers / {} head, {} HTTP/2 streams{}",
+        l.max_connections,
+        l.max_connections_per_ip,
+        human_duration(l.header_timeout),
+        human_duration(l.handshake_timeout),
+        l.max_headers,
+        human_size(cfg.max_header_bytes as u64),
+        l.h2_max_concurrent_streams,
+        if l.proxy_protocol { ", PROXY protocol from trusted peers" } else { "" }
+    );
+    let trusted: Vec<String> = cfg
+        .trusted_proxies
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let _ = writeln!(
+        out,
+        "trusted proxies: {}",
+        if trusted.is_empty() {
+            "none".to_string()
+        } else {
+            trusted.join(", ")
+        }
+    );
     let _ = writeln!(out, "routes:");
     let runtime = Runtime::build(cfg.clone(), None);
     for (path, r) in runtime.router.iter() {
@@ -205,6 +232,33 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
         }
         if r.forwarded_for == config::ForwardedFor::Append {
             extras.push_str(", X-Forwarded-For appended");
+        }
+        let list = |l: &[crate::policy::ip::Cidr]| {
+            l.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        if !r.access.allow.is_empty() {
+            let _ = write!(extras, ", allow {}", list(&r.access.allow));
+        }
+        if !r.access.deny.is_empty() {
+            let _ = write!(extras, ", deny {}", list(&r.access.deny));
+        }
+        if !r.access.allow.is_empty() || !r.access.deny.is_empty() {
+            extras.push_str(match r.access.on_deny {
+                config::OnDeny::Fallthrough => ", refused clients fall through",
+                config::OnDeny::Forbidden => ", refused clients get 403",
+            });
+        }
+        if let Some(route_cfg) = cfg.routes.iter().find(|c| &c.path == path) {
+            if let Some(rl) = route_cfg.rate_limit {
+                let _ = write!(
+                    extras,
+                    ", rate limit {}/s burst {}",
+                    rl.per_second, rl.burst
+                );
+            }
         }
         let _ = writeln!(out, "  {path} -> {} ({extras})", r.upstream.url);
     }

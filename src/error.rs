@@ -12,8 +12,10 @@ pub enum ProxyError {
     NoRoute,
     #[error("request body exceeds the route's limit of {limit} bytes")]
     BodyTooLarge { limit: u64 },
-    #[error("request head exceeds the limit of {limit} bytes")]
-    HeadTooLarge { limit: usize },
+    #[error("the client address is not allowed on this route")]
+    Denied,
+    #[error("rate limit exceeded")]
+    RateLimited { retry_after: std::time::Duration },
     #[error("request is malformed: {0}")]
     BadRequest(&'static str),
     #[error("cannot connect to the upstream")]
@@ -34,7 +36,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::HeadTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::Denied => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             // AliasVault's nginx maps every upstream failure (and an
             // upstream's own 502/503/504, its #1098) to 503 + status page.
@@ -49,6 +52,13 @@ impl ProxyError {
     /// A short page for the client; no internals, no upstream names.
     pub fn into_response(self) -> Response<ResponseBody> {
         let status = self.status();
+        let retry_after = match &self {
+            // Whole seconds, rounded up (RFC 9110 §10.2.3).
+            ProxyError::RateLimited { retry_after } => {
+                Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
+            }
+            _ => None,
+        };
         let mut res = match status {
             StatusCode::SERVICE_UNAVAILABLE => {
                 let mut res = Response::new(ResponseBody::full(STATUS_PAGE));
@@ -80,6 +90,10 @@ impl ProxyError {
             }
         };
         *res.status_mut() = status;
+        if let Some(secs) = retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
         if matches!(
             status,
             StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE

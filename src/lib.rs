@@ -22,6 +22,7 @@ pub mod error;
 pub mod listen;
 pub mod policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod router;
 pub mod runtime;
 pub mod server;

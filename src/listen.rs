@@ -1,9 +1,11 @@
 //! Listening sockets and connections: bind, accept, TLS handshake, hand the
 //! connection to hyper, and drain gracefully on shutdown.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
@@ -14,13 +16,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use crate::policy::ip;
 use crate::proxy::{self, Conn};
+use crate::proxy_protocol::{self, Prefixed};
 use crate::Shared;
-
-/// Time allowed for a TLS handshake before the connection is dropped.
-pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time allowed to receive a request head (slowloris).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Resolves once shutdown has been requested (or the sender is gone).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
@@ -48,6 +47,66 @@ pub fn bind(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     TcpListener::from_std(socket.into())
+}
+
+/// Open connections in total and per client address. Lives beside the
+/// runtime (not in it) so counts survive a configuration swap.
+#[derive(Default)]
+pub struct ConnCounts {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Releases its share of [`ConnCounts`] when the connection ends.
+struct Slot {
+    counts: Arc<Shared>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let c = &self.counts.conns;
+        c.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            let mut map = c.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = map.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+impl Slot {
+    /// Takes a place for a new connection, or `None` when the total limit
+    /// is reached.
+    fn open(shared: &Arc<Shared>, max_total: usize) -> Option<Slot> {
+        let prev = shared.conns.total.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot {
+            counts: shared.clone(),
+            ip: None,
+        };
+        (prev < max_total).then_some(slot)
+    }
+
+    /// Counts the connection against `ip`; false when `ip` is at its limit.
+    fn claim_ip(&mut self, ip: IpAddr, max: usize) -> bool {
+        let mut map = self
+            .counts
+            .conns
+            .per_ip
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        true
+    }
 }
 
 /// Accepts until `shutdown` turns true; every connection is spawned on
@@ -85,31 +144,88 @@ pub async fn accept_loop(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            match kind {
-                Kind::Http => {
-                    serve_http1(
-                        stream,
-                        Arc::new(Conn::new(peer, local, false)),
-                        shared,
-                        shutdown,
-                    )
-                    .await
+            if let Some((io, conn, _slot)) = admit(stream, peer, local, kind, &shared).await {
+                match kind {
+                    Kind::Http => serve_http1(io, conn, shared, shutdown).await,
+                    Kind::Https => serve_tls(io, conn, shared, shutdown).await,
                 }
-                Kind::Https => serve_tls(stream, peer, local, shared, shutdown).await,
             }
         });
     }
 }
 
-async fn serve_tls(
-    stream: TcpStream,
+/// Connection admission: total and per-address limits, and the PROXY
+/// header when enabled. Returns the stream to serve (with any bytes read
+/// for detection put back), what is known of the client, and the slot that
+/// keeps the connection counted while it lives.
+async fn admit(
+    mut stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) {
+    kind: Kind,
+    shared: &Arc<Shared>,
+) -> Option<(Prefixed<TcpStream>, Arc<Conn>, Slot)> {
+    let rt = shared.runtime.load();
+    let settings = &rt.config.listener;
+    let trusted = &rt.config.trusted_proxies;
+    let Some(mut slot) = Slot::open(shared, settings.max_connections) else {
+        tracing::debug!(%peer, "connection limit reached; closing");
+        return None;
+    };
+    let peer_trusted = ip::any_contains(trusted, peer.ip());
+    let mut client = peer;
+    let io = if settings.proxy_protocol {
+        match tokio::time::timeout(
+            settings.handshake_timeout,
+            proxy_protocol::read_header(&mut stream),
+        )
+        .await
+        {
+            Ok(Ok(proxy_protocol::Header::None(first))) => Prefixed::new(first, stream),
+            Ok(Ok(proxy_protocol::Header::Proxy(source))) => {
+                if !peer_trusted {
+                    tracing::warn!(%peer, "PROXY header from an untrusted peer; connection refused");
+                    return None;
+                }
+                client = source.unwrap_or(peer);
+                Prefixed::plain(stream)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "{e}");
+                return None;
+            }
+            Err(_) => return None,
+        }
+    } else {
+        Prefixed::plain(stream)
+    };
+    // A trusted proxy carries many clients on its connections: it is not
+    // held to the per-address limit (the clients behind it are, when a
+    // PROXY header names them).
+    let proxied_by_trusted = peer_trusted && client == peer;
+    if !proxied_by_trusted
+        && !slot.claim_ip(ip::canonical(client.ip()), settings.max_connections_per_ip)
+    {
+        tracing::debug!(client = %client, "per-address connection limit reached; closing");
+        return None;
+    }
+    let conn = Conn::new(
+        client,
+        local,
+        kind == Kind::Https,
+        ip::any_contains(trusted, client.ip()),
+    );
+    Some((io, Arc::new(conn), slot))
+}
+
+async fn serve_tls<I>(io: I, conn: Arc<Conn>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let timeout = shared.runtime.load().config.listener.handshake_timeout;
     let acceptor = TlsAcceptor::from(shared.tls.clone());
-    let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, "TLS handshake failed: {e}");
@@ -120,7 +236,6 @@ async fn serve_tls(
             return;
         }
     };
-    let conn = Arc::new(Conn::new(peer, local, true));
     if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
         serve_http2(tls, conn, shared, shutdown).await;
     } else {
@@ -136,15 +251,20 @@ async fn serve_http1<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let max_buf = shared.runtime.load().config.max_header_bytes;
+    let rt = shared.runtime.load_full();
+    let (max_head, l) = (rt.config.max_header_bytes, &rt.config.listener);
     let peer = conn.peer;
-    let svc = service_fn(move |req| proxy::handle(req, conn.clone(), shared.clone()));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(l.header_timeout)
         .keep_alive(true)
-        .max_buf_size(max_buf);
+        .max_headers(l.max_headers)
+        // The exact head limit (431); the buffer bound keeps memory near it.
+        .max_header_size(max_head)
+        .max_buf_size(max_head.max(8192) + 8192);
+    drop(rt);
+    let svc = service_fn(move |req| proxy::handle(req, conn.clone(), shared.clone()));
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
@@ -169,16 +289,25 @@ async fn serve_http2<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let max_header = shared.runtime.load().config.max_header_bytes;
+    let rt = shared.runtime.load_full();
+    let (max_head, l) = (rt.config.max_header_bytes, &rt.config.listener);
     let peer = conn.peer;
-    let svc = service_fn(move |req| proxy::handle(req, conn.clone(), shared.clone()));
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .enable_connect_protocol()
-        .max_header_list_size(max_header as u32)
+        .max_concurrent_streams(l.h2_max_concurrent_streams)
+        // Bounds a CONTINUATION flood: the header block cannot grow past it.
+        .max_header_list_size(max_head as u32)
+        // Rapid reset (CVE-2023-44487): streams the client resets before we
+        // answer count against this, and past it the connection is closed
+        // with GOAWAY.
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
+    drop(rt);
+    let svc = service_fn(move |req| proxy::handle(req, conn.clone(), shared.clone()));
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -24,6 +24,15 @@ impl<T> Router<T> {
             .map(|(_, t)| t)
     }
 
+    /// Every route whose prefix matches, longest first: the fall-through
+    /// order when a route refuses a client.
+    pub fn candidates<'a>(&'a self, path: &'a str) -> impl Iterator<Item = &'a T> + 'a {
+        self.routes
+            .iter()
+            .filter(move |(prefix, _)| matches_prefix(prefix, path))
+            .map(|(_, t)| t)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &(String, T)> {
         self.routes.iter()
     }

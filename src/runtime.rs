@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::config::{Config, ForwardedFor, TlsSettings, Upstream};
+use crate::config::{Access, Config, ForwardedFor, OnDeny, TlsSettings, Upstream};
 use crate::policy::headers::HeaderPolicy;
+use crate::policy::ip::any_contains;
+use crate::policy::rate_limit::Limiter;
 use crate::proxy::upstream::{self, HttpClient};
 use crate::router::Router;
 
@@ -24,6 +26,9 @@ pub struct RouteRt {
     pub max_body: u64,
     pub forwarded_for: ForwardedFor,
     pub compress: bool,
+    pub access: Access,
+    /// `None` when the route has no rate limit (the default).
+    pub limiter: Option<Limiter>,
 }
 
 pub struct Runtime {
@@ -53,6 +58,8 @@ impl Runtime {
                     max_body: r.max_body,
                     forwarded_for: r.forwarded_for,
                     compress: r.compress,
+                    access: r.access.clone(),
+                    limiter: r.rate_limit.map(Limiter::new),
                 };
                 (r.path.clone(), Arc::new(rt))
             })
@@ -73,5 +80,19 @@ impl Runtime {
             redirect_port,
             webroot,
         }
+    }
+}
+
+impl Access {
+    /// Runs once per request on each candidate route: `Ok` admits, `Err`
+    /// says how to refuse. Deny wins over allow; an empty allow list allows
+    /// everyone.
+    pub fn check(&self, ip: std::net::IpAddr) -> Result<(), OnDeny> {
+        if any_contains(&self.deny, ip)
+            || (!self.allow.is_empty() && !any_contains(&self.allow, ip))
+        {
+            return Err(self.on_deny);
+        }
+        Ok(())
     }
 }

@@ -22,6 +22,7 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub tls: Arc<rustls::ServerConfig>,
     pub certs: Arc<CertResolver>,
+    pub conns: listen::ConnCounts,
 }
 
 /// Why the server could not start.
@@ -101,6 +102,7 @@ impl Server {
             runtime: ArcSwap::from_pointee(runtime),
             tls: tls_config,
             certs,
+            conns: listen::ConnCounts::default(),
         });
         let (shutdown, rx) = watch::channel(false);
         let connections = TaskTracker::new();
@@ -171,6 +173,9 @@ fn log_startup(rt: &Runtime, http: &[SocketAddr], https: &[SocketAddr], cert: &C
         tracing::info!("route {path} -> {}", route.upstream.url);
     }
     tracing::info!("certificate: {cert}");
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     for var in &cfg.unsupported_vars {
         tracing::warn!("{var} is set but not supported yet; it is ignored");
     }

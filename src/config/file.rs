@@ -23,10 +23,25 @@ pub struct File {
     pub deployment_mode: Option<Spanned<String>>,
     pub grace_period: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<Size>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    pub listener: Option<Listener>,
     pub tls: Option<Tls>,
     pub headers: Option<Headers>,
     #[serde(default)]
     pub route: Vec<Route>,
+}
+
+/// Connection-level settings, for both ports.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub proxy_protocol: Option<bool>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
+    pub header_timeout: Option<Spanned<String>>,
+    pub handshake_timeout: Option<Spanned<String>>,
+    pub max_headers: Option<Spanned<i64>>,
+    pub h2_max_concurrent_streams: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,6 +78,17 @@ pub struct Route {
     pub max_body: Option<Spanned<Size>>,
     pub forwarded_for: Option<Spanned<String>>,
     pub compress: Option<bool>,
+    pub rate_limit: Option<Spanned<RateLimit>>,
+    pub allow: Option<Vec<Spanned<String>>>,
+    pub deny: Option<Vec<Spanned<String>>>,
+    pub on_deny: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: i64,
 }
 
 /// A byte size: a bare integer of bytes, or a string such as `"100M"`,

@@ -21,7 +21,13 @@ use toml::Spanned;
 
 pub use env::Env;
 pub use error::ConfigError;
-pub use model::{Config, ForwardedFor, HeaderRules, Route, TlsSettings, Upstream};
+pub use model::{
+    Access, Config, ForwardedFor, HeaderRules, ListenerSettings, OnDeny, Route, TlsSettings,
+    Upstream,
+};
+
+use crate::policy::ip::{self as ipr, Cidr};
+use crate::policy::rate_limit::RateLimit;
 
 /// Where the configuration comes from.
 #[derive(Debug, Clone)]
@@ -282,6 +288,13 @@ impl Builder<'_> {
             }
         };
         let headers = self.headers(f.headers.unwrap_or_default())?;
+        // A file is strict: an invalid range is an error with its line. The
+        // variable keeps AliasVault's skip-with-warning rule.
+        let trusted_proxies = match &f.trusted_proxies {
+            None => ipr::private_ranges(),
+            Some(list) => self.cidrs(list, "trusted_proxies")?,
+        };
+        let listener = self.listener(f.listener.unwrap_or_default())?;
         let mut routes: Vec<Route> = Vec::new();
         for r in &f.route {
             let route = self.route(r, max_upload)?;
@@ -306,10 +319,68 @@ impl Builder<'_> {
             deployment_mode,
             grace_period,
             max_header_bytes,
+            trusted_proxies,
+            listener,
             tls,
             headers,
             routes,
             unsupported_vars: Vec::new(),
+            warnings: Vec::new(),
+        })
+    }
+
+    fn cidrs(&self, list: &[Spanned<String>], key: &str) -> Result<Vec<Cidr>, ConfigError> {
+        list.iter()
+            .map(|v| {
+                v.get_ref()
+                    .parse::<Cidr>()
+                    .map_err(|m| self.err(v.span(), key, m))
+            })
+            .collect()
+    }
+
+    fn listener(&self, l: file::Listener) -> Result<ListenerSettings, ConfigError> {
+        let d = ListenerSettings::default();
+        let count = |v: &Option<Spanned<i64>>, key: &str, default: usize, max: usize| match v {
+            None => Ok(default),
+            Some(v) => usize::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    self.err(v.span(), key, format!("expected a number from 1 to {max}"))
+                }),
+        };
+        let dur = |v: &Option<Spanned<String>>, key: &str, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => self.duration(v, key),
+        };
+        Ok(ListenerSettings {
+            proxy_protocol: l.proxy_protocol.unwrap_or(false),
+            max_connections: count(
+                &l.max_connections,
+                "max_connections",
+                d.max_connections,
+                10_000_000,
+            )?,
+            max_connections_per_ip: count(
+                &l.max_connections_per_ip,
+                "max_connections_per_ip",
+                d.max_connections_per_ip,
+                10_000_000,
+            )?,
+            header_timeout: dur(&l.header_timeout, "header_timeout", d.header_timeout)?,
+            handshake_timeout: dur(
+                &l.handshake_timeout,
+                "handshake_timeout",
+                d.handshake_timeout,
+            )?,
+            max_headers: count(&l.max_headers, "max_headers", d.max_headers, 10_000)?,
+            h2_max_concurrent_streams: count(
+                &l.h2_max_concurrent_streams,
+                "h2_max_concurrent_streams",
+                d.h2_max_concurrent_streams as usize,
+                100_000,
+            )? as u32,
         })
     }
 
@@ -387,6 +458,53 @@ impl Builder<'_> {
                 }
             },
         };
+        let rate_limit = match &r.rate_limit {
+            None => None,
+            Some(v) => {
+                let rl = v.get_ref();
+                if !(rl.per_second.is_finite() && rl.per_second > 0.0 && rl.per_second <= 1e6)
+                    || !(1..=1_000_000).contains(&rl.burst)
+                {
+                    return Err(self.err(
+                        v.span(),
+                        "rate_limit",
+                        "expected per_second > 0 and burst from 1 to 1000000",
+                    ));
+                }
+                Some(RateLimit {
+                    per_second: rl.per_second,
+                    burst: rl.burst as u32,
+                })
+            }
+        };
+        let access = Access {
+            allow: r
+                .allow
+                .as_deref()
+                .map(|l| self.cidrs(l, "allow"))
+                .transpose()?
+                .unwrap_or_default(),
+            deny: r
+                .deny
+                .as_deref()
+                .map(|l| self.cidrs(l, "deny"))
+                .transpose()?
+                .unwrap_or_default(),
+            on_deny: match &r.on_deny {
+                None => OnDeny::Fallthrough,
+                Some(v) => match v.get_ref().as_str() {
+                    "fallthrough" => OnDeny::Fallthrough,
+                    "forbidden" => OnDeny::Forbidden,
+                    _ => {
+                        return Err(self.err(
+                            v.span(),
+                            "on_deny",
+                            "expected \"fallthrough\" or \"forbidden\"",
+                        ))
+                    }
+                },
+            },
+        };
         Ok(Route {
             path: path.clone(),
             upstream,
@@ -405,6 +523,8 @@ impl Builder<'_> {
             max_body,
             forwarded_for,
             compress: r.compress.unwrap_or(true),
+            access,
+            rate_limit,
         })
     }
 }

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use http::uri::Authority;
+
+use crate::policy::ip::Cidr;
+use crate::policy::rate_limit::RateLimit;
 use http::{HeaderName, HeaderValue};
 
 #[derive(Debug, Clone)]
@@ -24,12 +27,65 @@ pub struct Config {
     pub deployment_mode: Option<String>,
     pub grace_period: Duration,
     pub max_header_bytes: usize,
+    /// Peers whose `X-Forwarded-*` and PROXY headers are believed.
+    pub trusted_proxies: Vec<Cidr>,
+    pub listener: ListenerSettings,
     pub tls: TlsSettings,
     pub headers: HeaderRules,
     /// Routes in file order; the router sorts them by specificity.
     pub routes: Vec<Route>,
     /// Variables that were set but belong to features not built yet.
     pub unsupported_vars: Vec<&'static str>,
+    /// Things worth a warning that do not stop the start (skipped tokens).
+    pub warnings: Vec<String>,
+}
+
+/// Connection limits and timeouts, applied to both ports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// Expect a PROXY protocol v1/v2 header from trusted peers.
+    pub proxy_protocol: bool,
+    pub max_connections: usize,
+    /// Per client address; trusted proxies are exempt.
+    pub max_connections_per_ip: usize,
+    /// Time to receive a request head, counted from when the connection
+    /// starts waiting for it: bounds both a slowloris head and the idle wait
+    /// of an HTTP/1.1 keep-alive connection (hyper's header read timer).
+    pub header_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub max_headers: usize,
+    pub h2_max_concurrent_streams: u32,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        ListenerSettings {
+            proxy_protocol: false,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            header_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            h2_max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// Who may use a route, and what a refused client sees.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Access {
+    /// When not empty, only these ranges.
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+    pub on_deny: OnDeny,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnDeny {
+    /// Served as if the route did not exist (AliasVault's admin fall-through).
+    #[default]
+    Fallthrough,
+    Forbidden,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +130,8 @@ pub struct Route {
     pub max_body: u64,
     pub forwarded_for: ForwardedFor,
     pub compress: bool,
+    pub access: Access,
+    pub rate_limit: Option<RateLimit>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

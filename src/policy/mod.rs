@@ -1,4 +1,7 @@
 //! Policies built once from the configuration and applied per request with
 //! plain sync methods.
 
+pub mod client_ip;
 pub mod headers;
+pub mod ip;
+pub mod rate_limit;

@@ -7,7 +7,7 @@ pub mod upgrade;
 pub mod upstream;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -16,6 +16,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::{is_body_too_large, ResponseBody, UpstreamBody};
+use crate::config::OnDeny;
 use crate::error::ProxyError;
 use crate::runtime::{RouteRt, Runtime};
 use crate::Shared;
@@ -30,25 +31,96 @@ pub struct Conn {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub tls: bool,
+    /// The peer is a trusted proxy.
+    pub trusted: bool,
+    pub ip: IpAddr,
     /// The client address rendered for `X-Real-IP`/`X-Forwarded-For`.
     pub client_ip: HeaderValue,
     pub proto: HeaderValue,
 }
 
 impl Conn {
-    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool) -> Self {
+    /// `peer` is the client as far as the connection knows (the PROXY
+    /// header's source when there was one); `trusted` says whether it may
+    /// speak for others through `X-Forwarded-*`.
+    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool, trusted: bool) -> Self {
         // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
-        let ip = match peer.ip() {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer.ip(), std::net::IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = crate::policy::ip::canonical(peer.ip());
         Conn {
             peer,
             local,
             tls,
-            client_ip: HeaderValue::from_str(&ip.to_string())
-                .expect("invariant: an IP address is a valid header value"),
+            trusted,
+            ip,
+            client_ip: ip_header(ip),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string())
+        .expect("invariant: an IP address is a valid header value")
+}
+
+/// The client as this request sees it: the connection's peer, or, from a
+/// trusted proxy, the address and scheme that proxy reports.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub ip: IpAddr,
+    /// `ip` rendered for `X-Real-IP`/`X-Forwarded-For`.
+    pub ip_header: HeaderValue,
+    /// `http` or `https` as the client used it.
+    pub proto: HeaderValue,
+    pub https: bool,
+    /// `X-Forwarded-Host` believed from a trusted proxy.
+    pub forwarded_host: Option<HeaderValue>,
+}
+
+impl Client {
+    /// Runs once per request. An untrusted peer costs two cheap clones; a
+    /// trusted peer's forwarding headers are read (STYLE rule 8).
+    pub fn of(
+        conn: &Conn,
+        headers: &http::HeaderMap,
+        trusted: &[crate::policy::ip::Cidr],
+    ) -> Client {
+        if !conn.trusted {
+            return Client {
+                ip: conn.ip,
+                ip_header: conn.client_ip.clone(),
+                proto: conn.proto.clone(),
+                https: conn.tls,
+                forwarded_host: None,
+            };
+        }
+        let ip = crate::policy::client_ip::resolve(conn.ip, trusted, headers);
+        let ip_header = if ip == conn.ip {
+            conn.client_ip.clone()
+        } else {
+            ip_header(ip)
+        };
+        // The leftmost value is the scheme the original client used.
+        let proto = headers
+            .get(&forwarded::X_FORWARDED_PROTO)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_ascii_lowercase());
+        let (proto, https) = match proto.as_deref() {
+            Some("https") => (HeaderValue::from_static("https"), true),
+            Some("http") => (HeaderValue::from_static("http"), false),
+            _ => (conn.proto.clone(), conn.tls),
+        };
+        let forwarded_host = headers
+            .get(&forwarded::X_FORWARDED_HOST)
+            .filter(|v| v.to_str().is_ok_and(valid_host))
+            .cloned();
+        Client {
+            ip,
+            ip_header,
+            proto,
+            https,
+            forwarded_host,
         }
     }
 }
@@ -66,12 +138,13 @@ pub async fn handle(
     let method = req.method().clone();
     // Cheap clones (reference-counted bytes), kept for the failure log line.
     let uri = req.uri().clone();
-    let mut res = match inner(req, &conn, &rt).await {
+    let client = Client::of(&conn, req.headers(), &rt.config.trusted_proxies);
+    let mut res = match inner(req, &conn, &client, &rt).await {
         Ok(res) => res,
         Err(Failure { error, route }) => {
             match route {
                 Some(route) => tracing::warn!(
-                    client = %conn.peer,
+                    client = %client.ip,
                     %method,
                     path = uri.path(),
                     route = route.path,
@@ -81,7 +154,7 @@ pub async fn handle(
                     error.status().as_u16()
                 ),
                 None => {
-                    tracing::debug!(client = %conn.peer, %method, path = uri.path(), cause = %ErrorChain(&error), "request refused")
+                    tracing::debug!(client = %client.ip, %method, path = uri.path(), cause = %ErrorChain(&error), "request refused")
                 }
             }
             error.into_response()
@@ -121,9 +194,9 @@ impl std::fmt::Display for ErrorChain<'_> {
 async fn inner(
     req: Request<Incoming>,
     conn: &Conn,
+    client: &Client,
     rt: &Runtime,
 ) -> Result<Response<ResponseBody>, Failure> {
-    admit_head(&req, rt.config.max_header_bytes)?;
     let path = req.uri().path();
     if !conn.tls {
         if path.starts_with(ACME_CHALLENGE_PREFIX) {
@@ -133,19 +206,20 @@ async fn inner(
             return redirect_to_https(&req, rt).map_err(Failure::from);
         }
     }
-    let route = rt.router.route(path).ok_or(ProxyError::NoRoute)?.clone();
+    let route = select_route(rt, path, client.ip)?;
     let on_route = |error: ProxyError| Failure {
         error,
         route: Some(route.clone()),
     };
+    admit_rate(&route, client.ip).map_err(on_route)?;
     admit_body(&req, &route).map_err(on_route)?;
     if upgrade::is_h2_websocket(&req) {
-        return upgrade::h2_websocket(req, conn, route.clone())
+        return upgrade::h2_websocket(req, client, route.clone())
             .await
             .map_err(on_route);
     }
     if upgrade::is_h1_upgrade(&req) {
-        return upgrade::h1(req, conn, route.clone())
+        return upgrade::h1(req, client, route.clone())
             .await
             .map_err(on_route);
     }
@@ -156,24 +230,45 @@ async fn inner(
     };
     let method = req.method().clone();
     let host = request_host(&req);
-    let up = prepare_upstream(req, &route, conn).map_err(on_route)?;
+    let up = prepare_upstream(req, &route, client).map_err(on_route)?;
     let res = send(&route, up).await.map_err(on_route)?;
-    Ok(finish_response(res, conn, host.as_ref(), &method, encoding))
+    Ok(finish_response(
+        res,
+        client,
+        host.as_ref(),
+        &method,
+        encoding,
+    ))
 }
 
-/// Enforces `max_header_bytes` exactly. hyper bounds its read buffer near
-/// the limit but accepts a head that arrived whole in one read, so the
-/// parsed head is measured here: request target plus every field as it
-/// would appear on the wire (`name: value\r\n`).
-fn admit_head(req: &Request<Incoming>, limit: usize) -> Result<(), ProxyError> {
-    let mut size = req.uri().path_and_query().map_or(1, |p| p.as_str().len()) + 16;
-    for (name, value) in req.headers() {
-        size += name.as_str().len() + value.len() + 4;
+/// Picks the route: the longest matching prefix whose access rules admit
+/// the client. A refused client on a `fallthrough` route is served by the
+/// next match as if the route did not exist (AliasVault's silent admin
+/// fall-through, so the panel's existence is not revealed).
+fn select_route(rt: &Runtime, path: &str, ip: IpAddr) -> Result<Arc<RouteRt>, Failure> {
+    for route in rt.router.candidates(path) {
+        match route.access.check(ip) {
+            Ok(()) => return Ok(route.clone()),
+            Err(OnDeny::Fallthrough) => continue,
+            Err(OnDeny::Forbidden) => {
+                return Err(Failure {
+                    error: ProxyError::Denied,
+                    route: Some(route.clone()),
+                })
+            }
+        }
     }
-    if size > limit {
-        return Err(ProxyError::HeadTooLarge { limit });
+    Err(ProxyError::NoRoute.into())
+}
+
+/// The route's rate limit, keyed by the resolved client address.
+fn admit_rate(route: &RouteRt, ip: IpAddr) -> Result<(), ProxyError> {
+    match &route.limiter {
+        None => Ok(()),
+        Some(l) => l
+            .check(ip, crate::policy::rate_limit::now_nanos())
+            .map_err(|wait| ProxyError::RateLimited { retry_after: wait }),
     }
-    Ok(())
 }
 
 /// Refuses a body whose declared length is over the route's limit before any
@@ -211,17 +306,17 @@ pub fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 pub fn prepare_upstream(
     req: Request<Incoming>,
     route: &RouteRt,
-    conn: &Conn,
+    client: &Client,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let limit = route.max_body;
-    prepare_upstream_with(req.map(|b| UpstreamBody::new(b, limit)), route, conn)
+    prepare_upstream_with(req.map(|b| UpstreamBody::new(b, limit)), route, client)
 }
 
 /// [`prepare_upstream`] for any body type.
 pub fn prepare_upstream_with<B>(
     req: Request<B>,
     route: &RouteRt,
-    conn: &Conn,
+    client: &Client,
 ) -> Result<Request<B>, ProxyError> {
     let host = request_host(&req);
     let (mut parts, body) = req.into_parts();
@@ -257,12 +352,12 @@ pub fn prepare_upstream_with<B>(
     forwarded::set_forwarding(
         h,
         &forwarded::Observed {
-            client_ip: &conn.client_ip,
-            proto: &conn.proto,
-            host: host.as_ref(),
+            client_ip: &client.ip_header,
+            proto: &client.proto,
+            host: client.forwarded_host.as_ref().or(host.as_ref()),
             prefix: route.forwarded_prefix.as_ref(),
             mode: route.forwarded_for,
-            https: conn.tls,
+            https: client.https,
         },
     );
     Ok(Request::from_parts(parts, body))
@@ -303,14 +398,14 @@ pub async fn send(
 /// own-host `Location` kept on https, compression when it pays.
 pub fn finish_response(
     res: Response<Incoming>,
-    conn: &Conn,
+    client: &Client,
     host: Option<&HeaderValue>,
     method: &Method,
     encoding: Option<compress::Encoding>,
 ) -> Response<ResponseBody> {
     let (mut parts, body) = res.into_parts();
     forwarded::strip_hop_by_hop(&mut parts.headers);
-    if conn.tls {
+    if client.https {
         if let Some(host) = host {
             forwarded::rewrite_location(&mut parts.headers, host.as_bytes());
         }

@@ -16,7 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{forwarded, prepare_upstream, send, Conn};
+use super::{forwarded, prepare_upstream, send, Client};
 use crate::body::{ResponseBody, UpstreamBody};
 use crate::error::ProxyError;
 use crate::runtime::RouteRt;
@@ -51,13 +51,13 @@ pub fn is_h2_websocket(req: &Request<Incoming>) -> bool {
 /// ordinary response.
 pub async fn h1(
     mut req: Request<Incoming>,
-    conn: &Conn,
+    client: &Client,
     route: Arc<RouteRt>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
     let protocol = req.headers().get(header::UPGRADE).cloned();
     let host = super::request_host(&req);
-    let mut up = prepare_upstream(req, &route, conn)?;
+    let mut up = prepare_upstream(req, &route, client)?;
     if let Some(p) = protocol {
         up.headers_mut().insert(header::UPGRADE, p);
         up.headers_mut()
@@ -67,7 +67,7 @@ pub async fn h1(
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(super::finish_response(
             res,
-            conn,
+            client,
             host.as_ref(),
             &Method::GET,
             None,
@@ -98,7 +98,7 @@ pub async fn h1(
 /// a 200 on the stream, which then carries the WebSocket bytes.
 pub async fn h2_websocket(
     mut req: Request<Incoming>,
-    conn: &Conn,
+    client: &Client,
     route: Arc<RouteRt>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
@@ -109,7 +109,7 @@ pub async fn h2_websocket(
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
     let expected_accept =
         tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let mut up = super::prepare_upstream_with(req, &route, conn)?;
+    let mut up = super::prepare_upstream_with(req, &route, client)?;
     let h = up.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -121,7 +121,13 @@ pub async fn h2_websocket(
         .or_insert(HeaderValue::from_static("13"));
     let mut res = send(&route, up).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return Ok(super::finish_response(res, conn, None, &Method::GET, None));
+        return Ok(super::finish_response(
+            res,
+            client,
+            None,
+            &Method::GET,
+            None,
+        ));
     }
     if res
         .headers()
