@@ -462,8 +462,10 @@ impl Builder<'_> {
             None => None,
             Some(v) => {
                 let rl = v.get_ref();
-                if !(rl.per_second.is_finite() && rl.per_second > 0.0 && rl.per_second <= 1e6)
-                    || !(1..=1_000_000).contains(&rl.burst)
+                if !(rl.per_second.is_finite()
+                    && rl.per_second > 0.0
+                    && rl.per_second <= 1e6
+                    && (1..=1_000_000).contains(&rl.burst))
                 {
                     return Err(self.err(
                         v.span(),

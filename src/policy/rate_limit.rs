@@ -8,7 +8,7 @@
 //! instead of growing memory: the table is 2 MiB per limited route whatever
 //! arrives. IPv6 clients are keyed by their /64, the block one host controls.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -60,9 +60,7 @@ impl Limiter {
         // Keep 0 free as the empty marker.
         let now = now.max(1);
         let key = key_of(ip);
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let set = &self.sets[(h.finish() as usize) & (SETS - 1)];
+        let set = &self.sets[(self.hasher.hash_one(key) as usize) & (SETS - 1)];
         // One small critical section per limited request; a poisoned set
         // only holds timestamps and stays usable.
         let mut ways = set.lock().unwrap_or_else(|e| e.into_inner());
