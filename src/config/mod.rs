@@ -573,11 +573,41 @@ fn apply_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
                 )
             })?;
     }
-    for name in [
-        "TRUSTED_PROXIES",
-        "ADMIN_IP_ALLOWLIST",
-        "LETSENCRYPT_ENABLED",
-    ] {
+    if let Some(v) = env.get("TRUSTED_PROXIES") {
+        let (list, bad) = ipr::trusted_proxies_from_env(&v.value);
+        for token in bad {
+            cfg.warnings.push(format!(
+                "{}: TRUSTED_PROXIES: skipping invalid entry {token:?}",
+                v.origin
+            ));
+        }
+        cfg.trusted_proxies = list;
+    }
+    if let Some(v) = env.get("ADMIN_IP_ALLOWLIST") {
+        let (allow, bad) = ipr::admin_allowlist_from_env(&v.value);
+        for token in &bad {
+            cfg.warnings.push(format!(
+                "{}: ADMIN_IP_ALLOWLIST: skipping invalid entry {token:?}",
+                v.origin
+            ));
+        }
+        if let ipr::Allowlist::Only(ranges) = allow {
+            if ranges == ipr::loopback_ranges() {
+                cfg.warnings.push(format!(
+                    "{}: ADMIN_IP_ALLOWLIST has no valid entry: /admin is denied to everyone but loopback",
+                    v.origin
+                ));
+            }
+            match cfg.routes.iter_mut().find(|r| r.path == "/admin") {
+                Some(route) => route.access.allow = ranges,
+                None => cfg.warnings.push(format!(
+                    "{}: ADMIN_IP_ALLOWLIST is set but there is no /admin route",
+                    v.origin
+                )),
+            }
+        }
+    }
+    for name in ["LETSENCRYPT_ENABLED"] {
         if env.get(name).is_some_and(|v| !v.value.trim().is_empty()) {
             cfg.unsupported_vars.push(name);
         }

@@ -10,4 +10,5 @@ mod forwarding;
 mod limits;
 mod routing;
 mod tls;
+mod trust;
 mod websocket;
