@@ -172,7 +172,7 @@ async fn check_without_a_file_uses_the_aliasvault_layout_and_env() {
     write(
         dir.path(),
         ".env",
-        "HTTPS_PORT=8443\nHOSTNAME=vault.example.com\nTRUSTED_PROXIES=10.0.0.0/8\n",
+        "HTTPS_PORT=8443\nHOSTNAME=vault.example.com\nTRUSTED_PROXIES=10.0.0.0/8\nLETSENCRYPT_ENABLED=true\n",
     );
     let (code, out, err) = run(dir.path(), &["check"], &[("HTTP_PORT", "8080")]).await;
     assert_eq!(code, 0, "{err}");
@@ -183,10 +183,7 @@ async fn check_without_a_file_uses_the_aliasvault_layout_and_env() {
     );
     assert!(out.contains("\"vault.example.com\""), "{out}");
     assert!(out.contains("LETSENCRYPT_ENABLED is set but not supported yet"), "{out}");
-    assert!(
-        out.contains("TRUSTED_PROXIES is set but not supported yet"),
-        "{out}"
-    );
+    assert!(out.contains("trusted proxies: 10.0.0.0/8\n"), "{out}");
 }
 
 #[tokio::test]
