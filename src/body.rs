@@ -133,7 +133,7 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
@@ -150,11 +150,18 @@ impl Body for UpstreamBody {
     }
 }
 
-/// True when `err` or any of its causes is a [`BodyTooLarge`].
-pub fn is_body_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
+/// The client's request body failed while it was being forwarded (the
+/// client went away, or its framing was malformed): the client's fault,
+/// not the upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body failed")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// True when `err` or any of its causes is an `E`.
+pub fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
-        if e.is::<BodyTooLarge>() {
+        if e.is::<E>() {
             return true;
         }
         cur = e.source();

@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod framing;
 pub mod listen;
 pub mod policy;
 pub mod proxy;

@@ -264,6 +264,7 @@ async fn serve_http1<I>(
         .max_header_size(max_head)
         .max_buf_size(max_head.max(8192) + 8192);
     drop(rt);
+    let io = crate::framing::Inspect::new(io, conn.h1.clone());
     let svc = service_fn(move |req| proxy::handle(req, conn.clone(), shared.clone()));
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)

@@ -15,7 +15,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::body::{is_body_too_large, ResponseBody, UpstreamBody};
+use crate::body::{caused_by, BodyTooLarge, ClientBodyError, ResponseBody, UpstreamBody};
 use crate::config::OnDeny;
 use crate::error::ProxyError;
 use crate::runtime::{RouteRt, Runtime};
@@ -33,6 +33,8 @@ pub struct Conn {
     pub tls: bool,
     /// The peer is a trusted proxy.
     pub trusted: bool,
+    /// Framing evidence from the HTTP/1 reader (see `framing`).
+    pub h1: Arc<crate::framing::Flags>,
     pub ip: IpAddr,
     /// The client address rendered for `X-Real-IP`/`X-Forwarded-For`.
     pub client_ip: HeaderValue,
@@ -51,6 +53,7 @@ impl Conn {
             local,
             tls,
             trusted,
+            h1: Arc::default(),
             ip,
             client_ip: ip_header(ip),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
@@ -197,6 +200,11 @@ async fn inner(
     client: &Client,
     rt: &Runtime,
 ) -> Result<Response<ResponseBody>, Failure> {
+    // RFC 9112 §6.1: both framings at once is the classic smuggling
+    // vector; refuse it outright (hyper would trust Transfer-Encoding).
+    if req.version() != Version::HTTP_2 && conn.h1.next_is_ambiguous() {
+        return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding").into());
+    }
     let path = req.uri().path();
     if !conn.tls {
         if path.starts_with(ACME_CHALLENGE_PREFIX) {
@@ -373,10 +381,13 @@ pub async fn send(
     let res = match tokio::time::timeout(route.timeout, route.client.request(req)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(route.timeout)),
         Ok(Err(e)) => {
-            if is_body_too_large(&e) {
+            if caused_by::<BodyTooLarge>(&e) {
                 return Err(ProxyError::BodyTooLarge {
                     limit: route.max_body,
                 });
+            }
+            if caused_by::<ClientBodyError>(&e) {
+                return Err(ProxyError::BadRequest("the request body could not be read"));
             }
             return Err(if e.is_connect() {
                 ProxyError::UpstreamConnect(e.into())
@@ -386,6 +397,15 @@ pub async fn send(
         }
         Ok(Ok(res)) => res,
     };
+    // The upstream is held to the same framing rule as clients; hyper would
+    // trust Transfer-Encoding, but the pair means a confused or hostile
+    // upstream.
+    let h = res.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::UpstreamProtocol(
+            "response has both Content-Length and Transfer-Encoding".into(),
+        ));
+    }
     match res.status() {
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
             Err(ProxyError::UpstreamStatus(res.status()))

@@ -9,6 +9,7 @@ mod failures;
 mod forwarding;
 mod limits;
 mod routing;
+mod smuggling;
 mod tls;
 mod trust;
 mod websocket;
