@@ -58,16 +58,19 @@ async fn ambiguous_http1_framing_is_400_and_closed_never_forwarded() {
     px.stop().await;
 }
 
+/// A header field as raw bytes.
+type Field<'a> = (&'a [u8], &'a [u8]);
+
 /// A minimal HTTP/2 client speaking raw frames, to send what no HTTP/2
 /// library will: connection-specific fields and CR/LF/NUL in values.
-async fn raw_h2_headers(px: &Proxy, extra: &[(&[u8], &[u8])]) -> Vec<(u8, u32, Vec<u8>)> {
+async fn raw_h2_headers(px: &Proxy, extra: &[Field<'_>]) -> Vec<(u8, u32, Vec<u8>)> {
     let mut tls = tls_connect(px.https, &px.cert_path(), &[b"h2"])
         .await
         .unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // empty SETTINGS
     let mut block = Vec::new();
-    let fields: Vec<(&[u8], &[u8])> = [
+    let fields: Vec<Field> = [
         (&b":method"[..], &b"GET"[..]),
         (b":scheme", b"https"),
         (b":path", b"/h2"),
@@ -119,7 +122,7 @@ async fn http2_requests_with_connection_fields_or_bad_bytes_are_refused() {
     let ok = raw_h2_headers(&px, &[]).await;
     assert!(ok.iter().any(|(k, s, _)| *k == 1 && *s == 1), "{ok:?}");
     assert_eq!(up.connections.load(Ordering::SeqCst), 1);
-    let cases: &[(&str, &[(&[u8], &[u8])])] = &[
+    let cases: &[(&str, &[Field])] = &[
         ("connection", &[(b"connection", b"keep-alive")]),
         ("transfer-encoding", &[(b"transfer-encoding", b"chunked")]),
         ("upgrade", &[(b"upgrade", b"websocket")]),
