@@ -57,6 +57,12 @@ pub struct ConnCounts {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
+impl ConnCounts {
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
 /// Releases its share of [`ConnCounts`] when the connection ends.
 struct Slot {
     counts: Arc<Shared>,

@@ -25,6 +25,13 @@ pub struct Shared {
     pub conns: listen::ConnCounts,
 }
 
+impl Shared {
+    /// Client connections open right now.
+    pub fn open_connections(&self) -> usize {
+        self.conns.open()
+    }
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod attacks;
 mod cli;
 mod compression;
 mod failures;
