@@ -193,3 +193,77 @@ async fn upstream_responses_with_ambiguous_framing_are_not_passed_on() {
         px.stop().await;
     }
 }
+
+#[tokio::test]
+async fn too_many_header_fields_are_431() {
+    let (px, up) = proxy().await;
+    let mut req = String::from("GET / HTTP/1.1\r\nHost: h\r\n");
+    for i in 0..150 {
+        req.push_str(&format!("X-F{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    let out = raw(px.http, req.as_bytes()).await;
+    assert!(out.starts_with("HTTP/1.1 431"), "{out}");
+    assert_eq!(up.connections.load(Ordering::SeqCst), 0);
+    px.stop().await;
+}
+
+/// CVE-2023-44487: open and immediately reset streams in a loop. The
+/// connection must be ended with GOAWAY, and the proxy must keep serving.
+#[tokio::test]
+async fn http2_rapid_reset_is_cut_off() {
+    let (px, _up) = proxy().await;
+    let mut tls = tls_connect(px.https, &px.cert_path(), &[b"h2"])
+        .await
+        .unwrap();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    // :method GET, :scheme https, :path /, :authority h (HPACK literals).
+    let mut block = Vec::new();
+    for (n, v) in [
+        (&b":method"[..], &b"GET"[..]),
+        (b":scheme", b"https"),
+        (b":path", b"/"),
+        (b":authority", b"h"),
+    ] {
+        block.push(0x00);
+        block.push(n.len() as u8);
+        block.extend_from_slice(n);
+        block.push(v.len() as u8);
+        block.extend_from_slice(v);
+    }
+    for i in 0..2000u32 {
+        let id = 2 * i + 1;
+        out.extend_from_slice(&(block.len() as u32).to_be_bytes()[1..]);
+        out.extend_from_slice(&[1, 0x05]);
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&block);
+        // RST_STREAM(CANCEL)
+        out.extend_from_slice(&[0, 0, 4, 3, 0]);
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&8u32.to_be_bytes());
+    }
+    let _ = within(tls.write_all(&out)).await;
+    let mut goaway = false;
+    loop {
+        let mut head = [0u8; 9];
+        if within(tls.read_exact(&mut head)).await.is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if within(tls.read_exact(&mut payload)).await.is_err() {
+            break;
+        }
+        if head[3] == 7 {
+            goaway = true;
+            break;
+        }
+    }
+    assert!(goaway, "no GOAWAY after 2000 rapid resets");
+    assert_eq!(
+        px.get_tls(Proto::TlsH2, "/after").await.status,
+        http::StatusCode::OK
+    );
+    px.stop().await;
+}
