@@ -275,7 +275,46 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
             )
         }
     };
-    let _ = writeln!(out, "certificate: {cert}");
+    if cfg.letsencrypt_enabled || cfg.acme.is_some() {
+        let (live, live_key) = tls::live_paths(&cfg.letsencrypt_dir, &cfg.hostname);
+        match tls::load_pair(&live, &live_key, tls::CertSource::Certbot(live.clone())) {
+            Ok(l) => {
+                let _ = writeln!(out, "certificate: {}", l.info);
+            }
+            Err(_) => {
+                let _ = writeln!(
+                    out,
+                    "certificate: {} not present yet; until then: {cert}",
+                    live.display()
+                );
+            }
+        }
+    } else {
+        let _ = writeln!(out, "certificate: {cert}");
+    }
+    if let Some(a) = &cfg.acme {
+        let challenge = match a.challenge {
+            config::Challenge::Http01 => "http-01",
+            config::Challenge::TlsAlpn01 => "tls-alpn-01",
+        };
+        let mut names = vec![cfg.hostname.clone()];
+        names.extend(a.extra_names.iter().cloned());
+        let _ = writeln!(
+            out,
+            "acme: {} via {challenge} for {}{}{}",
+            a.directory,
+            names.join(", "),
+            a.email
+                .as_ref()
+                .map(|e| format!(", contact {e}"))
+                .unwrap_or_default(),
+            if a.eab.is_some() {
+                ", external account binding"
+            } else {
+                ""
+            }
+        );
+    }
     for var in &cfg.unsupported_vars {
         let _ = writeln!(
             out,

@@ -14,6 +14,7 @@
 //!   outer:   error → log once → ProxyError::into_response; security headers
 //! ```
 
+pub mod acme;
 pub mod body;
 pub mod cli;
 pub mod config;

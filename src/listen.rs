@@ -242,7 +242,13 @@ where
             return;
         }
     };
-    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+    let alpn = tls.get_ref().1.alpn_protocol();
+    if alpn == Some(crate::tls::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was the whole exchange
+        // (RFC 8737 §3); no HTTP follows.
+        return;
+    }
+    if alpn == Some(b"h2") {
         serve_http2(tls, conn, shared, shutdown).await;
     } else {
         serve_http1(tls, conn, shared, shutdown).await;

@@ -23,6 +23,8 @@ pub struct Shared {
     pub tls: Arc<rustls::ServerConfig>,
     pub certs: Arc<CertResolver>,
     pub conns: listen::ConnCounts,
+    /// HTTP-01 challenges in progress (token → key authorization).
+    pub acme_tokens: crate::acme::Tokens,
 }
 
 impl Shared {
@@ -56,6 +58,8 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     accept_loops: JoinSet<()>,
     connections: TaskTracker,
+    /// Certificate watcher and ACME manager; aborted on shutdown.
+    background: JoinSet<()>,
 }
 
 impl Server {
@@ -69,10 +73,37 @@ impl Server {
             )
             .into());
         }
-        let loaded = tls::load_or_generate(&config.tls, &config.hostname)?;
-        let certs = Arc::new(CertResolver::new(loaded.key));
-        let tls_config = tls::server_config(certs.clone())
+        let initial = tls::initial(&config)?;
+        let loaded = initial.loaded;
+        let certs = Arc::new(CertResolver::new(loaded.key.clone()));
+        let acme_alpn = config
+            .acme
+            .as_ref()
+            .is_some_and(|a| a.challenge == crate::config::Challenge::TlsAlpn01);
+        let tls_config = tls::server_config(certs.clone(), acme_alpn)
             .map_err(|e| ConfigError::other("TLS", e.to_string()))?;
+        let acme_tokens = crate::acme::Tokens::default();
+        let mut background = JoinSet::new();
+        if let Some((cert, key)) = initial.watch {
+            let source: fn(std::path::PathBuf) -> tls::CertSource = if config.acme.is_some() {
+                tls::CertSource::Acme
+            } else if config.letsencrypt_enabled {
+                tls::CertSource::Certbot
+            } else {
+                tls::CertSource::File
+            };
+            background.spawn(tls::watch(certs.clone(), cert, key, source));
+        }
+        if let Some(settings) = &config.acme {
+            let manager = crate::acme::Manager {
+                settings: settings.clone(),
+                hostname: config.hostname.clone(),
+                letsencrypt_dir: config.letsencrypt_dir.clone(),
+                resolver: certs.clone(),
+                tokens: acme_tokens.clone(),
+            };
+            background.spawn(manager.run());
+        }
 
         let mut http = Vec::new();
         let mut https = Vec::new();
@@ -110,6 +141,7 @@ impl Server {
             tls: tls_config,
             certs,
             conns: listen::ConnCounts::default(),
+            acme_tokens,
         });
         let (shutdown, rx) = watch::channel(false);
         let connections = TaskTracker::new();
@@ -133,6 +165,7 @@ impl Server {
             shutdown,
             accept_loops,
             connections,
+            background,
         })
     }
 
@@ -141,6 +174,7 @@ impl Server {
     /// finished in time.
     pub async fn shutdown(mut self, grace: Duration) -> bool {
         let _ = self.shutdown.send(true);
+        self.background.abort_all();
         while self.accept_loops.join_next().await.is_some() {}
         self.connections.close();
         let drained = tokio::time::timeout(grace, self.connections.wait())

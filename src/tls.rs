@@ -25,6 +25,10 @@ use crate::config::{ConfigError, TlsSettings};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertSource {
     File(PathBuf),
+    /// certbot's layout, `live/HOSTNAME/fullchain.pem` (LETSENCRYPT_ENABLED).
+    Certbot(PathBuf),
+    /// Issued by Gatehouse's own ACME client, in certbot's layout.
+    Acme(PathBuf),
     /// Self-signed, generated now and written to disk.
     Generated(PathBuf),
     /// Self-signed, generated now and kept in memory only.
@@ -41,6 +45,9 @@ pub struct CertInfo {
     /// SHA-256 of the leaf certificate's DER, `AB:CD:...` as openssl prints it.
     pub fingerprint: String,
     pub not_after: String,
+    /// Validity bounds as Unix seconds, for renewal and expiry checks.
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
     pub self_signed: bool,
 }
 
@@ -48,6 +55,8 @@ impl fmt::Display for CertInfo {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let source = match &self.source {
             CertSource::File(p) => format!("file {}", p.display()),
+            CertSource::Certbot(p) => format!("certbot layout {}", p.display()),
+            CertSource::Acme(p) => format!("ACME, {}", p.display()),
             CertSource::Generated(p) => format!("self-signed, generated into {}", p.display()),
             CertSource::Ephemeral => "self-signed, generated in memory".to_string(),
         };
@@ -147,6 +156,138 @@ pub fn load_or_generate(settings: &TlsSettings, hostname: &str) -> Result<Loaded
     let key = certified_key(cert_pem.as_bytes(), key_pem.as_bytes(), cert_path)?;
     let info = inspect(&key, CertSource::Generated(cert_path.clone()))?;
     Ok(Loaded { key, info })
+}
+
+/// The certbot-layout pair for `hostname` under `letsencrypt_dir`.
+pub fn live_paths(letsencrypt_dir: &Path, hostname: &str) -> (PathBuf, PathBuf) {
+    let live = letsencrypt_dir.join("live").join(hostname);
+    (live.join("fullchain.pem"), live.join("privkey.pem"))
+}
+
+/// What start-up serves and which files it then watches.
+pub struct Initial {
+    pub loaded: Loaded,
+    /// The pair to watch for changes (renewals, manual swaps).
+    pub watch: Option<(PathBuf, PathBuf)>,
+}
+
+/// Picks the certificate to serve at start-up. With `LETSENCRYPT_ENABLED`
+/// or `[acme]`, certbot's `live/HOSTNAME/` files win over `[tls]`; until
+/// they exist (first issuance pending) the `[tls]` certificate or its
+/// self-signed fallback is served, never a failed start.
+pub fn initial(cfg: &crate::config::Config) -> Result<Initial, ConfigError> {
+    if cfg.letsencrypt_enabled || cfg.acme.is_some() {
+        let (cert, key) = live_paths(&cfg.letsencrypt_dir, &cfg.hostname);
+        if cert.exists() && key.exists() {
+            let source = if cfg.acme.is_some() {
+                CertSource::Acme(cert.clone())
+            } else {
+                CertSource::Certbot(cert.clone())
+            };
+            match load_pair(&cert, &key, source) {
+                Ok(loaded) => {
+                    return Ok(Initial {
+                        loaded,
+                        watch: Some((cert, key)),
+                    })
+                }
+                // ACME will replace a broken pair; plain certbot files are
+                // the user's, and a broken pair is their error to see.
+                Err(e) if cfg.acme.is_some() => {
+                    tracing::warn!("{e}; serving a fallback until ACME issues a new one")
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            tracing::warn!(
+                "{} not found; serving the [tls] certificate until it appears",
+                cert.display()
+            );
+        }
+        let loaded = load_or_generate(&cfg.tls, &cfg.hostname)?;
+        return Ok(Initial {
+            loaded,
+            watch: Some((cert, key)),
+        });
+    }
+    let loaded = load_or_generate(&cfg.tls, &cfg.hostname)?;
+    let watch = match &cfg.tls {
+        TlsSettings::Files { cert, key, .. } => Some((cert.clone(), key.clone())),
+        TlsSettings::Ephemeral => None,
+    };
+    Ok(Initial { loaded, watch })
+}
+
+/// Reads and checks a PEM pair.
+pub fn load_pair(cert: &Path, key: &Path, source: CertSource) -> Result<Loaded, ConfigError> {
+    let cert_pem = fs::read(cert).map_err(|e| ConfigError::io(cert, e))?;
+    let key_pem = fs::read(key).map_err(|e| ConfigError::io(key, e))?;
+    let ck = certified_key(&cert_pem, &key_pem, cert)?;
+    let info = inspect(&ck, source)?;
+    Ok(Loaded { key: ck, info })
+}
+
+/// How often watched certificate files are checked.
+pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Serves renewed certificates without a restart (AliasVault #635: nginx
+/// kept the old one). Polls the pair's size and modification time; on a
+/// change the new pair is loaded and, if it parses and matches, swapped in
+/// for new connections. A half-written or mismatched pair is logged and the
+/// last good certificate stays. Logs the expiry once a day.
+pub async fn watch(
+    resolver: Arc<CertResolver>,
+    cert: PathBuf,
+    key: PathBuf,
+    source: fn(PathBuf) -> CertSource,
+) {
+    let stamp = |p: &Path| fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
+    let mut last = (stamp(&cert), stamp(&key));
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    let mut next_expiry_log = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        if tokio::time::Instant::now() >= next_expiry_log {
+            log_expiry(&resolver);
+            next_expiry_log = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
+        }
+        let now = (stamp(&cert), stamp(&key));
+        if now == last || now.0.is_none() || now.1.is_none() {
+            continue;
+        }
+        last = now;
+        match load_pair(&cert, &key, source(cert.clone())) {
+            Ok(loaded) => {
+                if loaded.info.fingerprint != fingerprint_of(&resolver.current()) {
+                    tracing::info!("certificate reloaded: {}", loaded.info);
+                    resolver.set(loaded.key);
+                }
+            }
+            Err(e) => {
+                tracing::warn!("certificate change ignored, the previous one stays in service: {e}")
+            }
+        }
+    }
+}
+
+fn fingerprint_of(key: &CertifiedKey) -> String {
+    key.end_entity_cert()
+        .map(|c| fingerprint(c.as_ref()))
+        .unwrap_or_default()
+}
+
+/// The daily expiry line (until metrics carry it).
+pub fn log_expiry(resolver: &CertResolver) {
+    if let Ok(info) = inspect(&resolver.current(), CertSource::Ephemeral) {
+        let days = (info.not_after_unix - unix_now()) / 86_400;
+        tracing::info!(fingerprint = %info.fingerprint, "certificate {} expires {} ({days} days)", info.sans.join(", "), info.not_after);
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// AliasVault's marker: the HOSTNAME the self-signed certificate was made for.
@@ -255,6 +396,8 @@ pub fn inspect(key: &CertifiedKey, source: CertSource) -> Result<CertInfo, Confi
         sans,
         fingerprint: fingerprint(leaf.as_ref()),
         not_after: cert.validity().not_after.to_string(),
+        not_before_unix: cert.validity().not_before.timestamp(),
+        not_after_unix: cert.validity().not_after.timestamp(),
         self_signed: cert.subject().as_raw() == cert.issuer().as_raw(),
     })
 }
@@ -268,7 +411,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// Writes through a temporary file and a rename, so a reader never sees half
 /// a certificate, with the mode set before any byte is written.
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ConfigError> {
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ConfigError> {
     let io = |e| ConfigError::io(path, e);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io)?;
@@ -294,27 +437,56 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ConfigError> {
     fs::rename(&tmp, path).map_err(io)
 }
 
+/// The ALPN protocol of TLS-ALPN-01 challenges (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// Hands rustls the current certificate; `set` swaps it for new handshakes
-/// while open connections keep theirs.
+/// while open connections keep theirs. During a TLS-ALPN-01 challenge a
+/// validation certificate is served to handshakes that offer `acme-tls/1`.
 #[derive(Debug)]
 pub struct CertResolver {
     current: ArcSwap<CertifiedKey>,
+    challenges: std::sync::Mutex<std::collections::HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl CertResolver {
     pub fn new(key: Arc<CertifiedKey>) -> Self {
         CertResolver {
             current: ArcSwap::new(key),
+            challenges: Default::default(),
         }
     }
 
     pub fn set(&self, key: Arc<CertifiedKey>) {
         self.current.store(key);
     }
+
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+
+    /// Installs (or with `None` removes) the validation certificate for `name`.
+    pub fn set_challenge(&self, name: &str, key: Option<Arc<CertifiedKey>>) {
+        let mut map = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        match key {
+            Some(k) => map.insert(name.to_ascii_lowercase(), k),
+            None => map.remove(&name.to_ascii_lowercase()),
+        };
+    }
 }
 
 impl ResolvesServerCert for CertResolver {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let acme = hello
+            .alpn()
+            .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN));
+        if acme {
+            // Only the validation certificate answers acme-tls/1, and only
+            // for a name under validation (RFC 8737 §3).
+            let name = hello.server_name()?.to_ascii_lowercase();
+            let map = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+            return map.get(&name).cloned();
+        }
         Some(self.current.load_full())
     }
 }
@@ -322,12 +494,18 @@ impl ResolvesServerCert for CertResolver {
 /// The rustls server configuration: ring, TLS 1.2 and 1.3 only with rustls'
 /// AEAD-only suites, ALPN h2 then http/1.1, resumption by session cache and
 /// stateless tickets. rustls has no compression and no renegotiation.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, rustls::Error> {
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    acme_alpn: bool,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if acme_alpn {
+        cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     cfg.ticketer = provider::Ticketer::new()?;
     Ok(Arc::new(cfg))

@@ -26,6 +26,7 @@ pub struct File {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub listener: Option<Listener>,
     pub tls: Option<Tls>,
+    pub acme: Option<Acme>,
     pub headers: Option<Headers>,
     #[serde(default)]
     pub route: Vec<Route>,
@@ -51,6 +52,21 @@ pub struct Tls {
     pub key: Option<Spanned<String>>,
     /// The certbot webroot served under `/.well-known/acme-challenge/`.
     pub webroot: Option<Spanned<String>>,
+    /// certbot's configuration folder (`live/`, `archive/`, `accounts/`).
+    pub letsencrypt: Option<Spanned<String>>,
+}
+
+/// Built-in ACME (RFC 8555). The table's presence turns it on.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    pub email: Option<Spanned<String>>,
+    pub directory: Option<Spanned<String>>,
+    pub challenge: Option<Spanned<String>>,
+    pub names: Option<Vec<Spanned<String>>>,
+    pub ca_roots: Option<Vec<Spanned<String>>>,
+    pub eab_kid: Option<Spanned<String>>,
+    pub eab_hmac_key: Option<Spanned<String>>,
 }
 
 /// Response header policy, in tower-http's vocabulary: `set` gives a value

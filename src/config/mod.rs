@@ -22,8 +22,8 @@ use toml::Spanned;
 pub use env::Env;
 pub use error::ConfigError;
 pub use model::{
-    Access, Config, ForwardedFor, HeaderRules, ListenerSettings, OnDeny, Route, TlsSettings,
-    Upstream,
+    Access, AcmeSettings, Challenge, Config, ForwardedFor, HeaderRules, ListenerSettings, OnDeny,
+    Route, TlsSettings, Upstream, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
 };
 
 use crate::policy::ip::{self as ipr, Cidr};
@@ -276,17 +276,17 @@ impl Builder<'_> {
             }
             None => DEFAULT_MAX_HEADER_BYTES,
         };
-        let tls = {
-            let t = f.tls.unwrap_or_default();
-            let get = |v: &Option<Spanned<String>>, default: &str| {
-                self.path(v.as_ref().map_or(default, |s| s.get_ref().as_str()))
-            };
-            TlsSettings::Files {
-                cert: get(&t.cert, "certificates/ssl/cert.pem"),
-                key: get(&t.key, "certificates/ssl/key.pem"),
-                webroot: get(&t.webroot, "certificates/letsencrypt/www"),
-            }
+        let t = f.tls.unwrap_or_default();
+        let get = |v: &Option<Spanned<String>>, default: &str| {
+            self.path(v.as_ref().map_or(default, |s| s.get_ref().as_str()))
         };
+        let tls = TlsSettings::Files {
+            cert: get(&t.cert, "certificates/ssl/cert.pem"),
+            key: get(&t.key, "certificates/ssl/key.pem"),
+            webroot: get(&t.webroot, "certificates/letsencrypt/www"),
+        };
+        let letsencrypt_dir = get(&t.letsencrypt, "certificates/letsencrypt");
+        let acme = f.acme.map(|a| self.acme(a)).transpose()?;
         let headers = self.headers(f.headers.unwrap_or_default())?;
         // A file is strict: an invalid range is an error with its line. The
         // variable keeps AliasVault's skip-with-warning rule.
@@ -322,10 +322,93 @@ impl Builder<'_> {
             trusted_proxies,
             listener,
             tls,
+            letsencrypt_dir,
+            letsencrypt_enabled: false,
+            acme,
             headers,
             routes,
             unsupported_vars: Vec::new(),
             warnings: Vec::new(),
+        })
+    }
+
+    fn acme(&self, a: file::Acme) -> Result<AcmeSettings, ConfigError> {
+        let directory = match &a.directory {
+            None => LETS_ENCRYPT.to_string(),
+            Some(v) => match v.get_ref().as_str() {
+                "production" | "letsencrypt" => LETS_ENCRYPT.to_string(),
+                "staging" => LETS_ENCRYPT_STAGING.to_string(),
+                url if url.starts_with("https://") && url.parse::<http::Uri>().is_ok() => {
+                    url.to_string()
+                }
+                _ => {
+                    return Err(self.err(
+                        v.span(),
+                        "directory",
+                        "expected an https:// directory URL, \"production\" or \"staging\"",
+                    ))
+                }
+            },
+        };
+        let challenge = match &a.challenge {
+            None => Challenge::Http01,
+            Some(v) => match v.get_ref().as_str() {
+                "http-01" => Challenge::Http01,
+                "tls-alpn-01" => Challenge::TlsAlpn01,
+                _ => {
+                    return Err(self.err(
+                        v.span(),
+                        "challenge",
+                        "expected \"http-01\" or \"tls-alpn-01\"",
+                    ))
+                }
+            },
+        };
+        let mut extra_names = Vec::new();
+        for n in a.names.iter().flatten() {
+            validate_hostname(n.get_ref()).map_err(|m| self.err(n.span(), "names", m))?;
+            extra_names.push(n.get_ref().clone());
+        }
+        if let Some(e) = &a.email {
+            if !e.get_ref().contains('@') {
+                return Err(self.err(e.span(), "email", "expected an email address"));
+            }
+        }
+        let eab = match (&a.eab_kid, &a.eab_hmac_key) {
+            (None, None) => None,
+            (Some(k), Some(h)) => {
+                let valid = !h.get_ref().is_empty()
+                    && h.get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=');
+                if !valid {
+                    return Err(self.err(h.span(), "eab_hmac_key", "expected a base64url key"));
+                }
+                Some((k.get_ref().clone(), h.get_ref().clone()))
+            }
+            (Some(k), None) => {
+                return Err(self.err(k.span(), "eab_kid", "eab_hmac_key is needed with eab_kid"))
+            }
+            (None, Some(h)) => {
+                return Err(self.err(
+                    h.span(),
+                    "eab_hmac_key",
+                    "eab_kid is needed with eab_hmac_key",
+                ))
+            }
+        };
+        Ok(AcmeSettings {
+            email: a.email.map(|e| e.into_inner()),
+            directory,
+            challenge,
+            extra_names,
+            ca_roots: a
+                .ca_roots
+                .iter()
+                .flatten()
+                .map(|p| self.path(p.get_ref()))
+                .collect(),
+            eab,
         })
     }
 
@@ -607,10 +690,15 @@ fn apply_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
             }
         }
     }
-    for name in ["LETSENCRYPT_ENABLED"] {
-        if env.get(name).is_some_and(|v| !v.value.trim().is_empty()) {
-            cfg.unsupported_vars.push(name);
-        }
+    if let Some(v) = env.get("LETSENCRYPT_ENABLED") {
+        // AliasVault's entrypoint tests for exactly "true".
+        cfg.letsencrypt_enabled = v
+            .value
+            .trim()
+            .is_empty()
+            .then_some(false)
+            .or_else(|| parse_bool(&v.value))
+            .ok_or_else(|| ConfigError::var("LETSENCRYPT_ENABLED", v, "expected true or false"))?;
     }
     Ok(())
 }

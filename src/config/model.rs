@@ -31,6 +31,11 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     pub listener: ListenerSettings,
     pub tls: TlsSettings,
+    /// certbot's folder: `live/HOSTNAME/{fullchain,privkey}.pem` and ours.
+    pub letsencrypt_dir: PathBuf,
+    /// `LETSENCRYPT_ENABLED`: serve the certbot-layout files for HOSTNAME.
+    pub letsencrypt_enabled: bool,
+    pub acme: Option<AcmeSettings>,
     pub headers: HeaderRules,
     /// Routes in file order; the router sorts them by specificity.
     pub routes: Vec<Route>,
@@ -38,6 +43,28 @@ pub struct Config {
     pub unsupported_vars: Vec<&'static str>,
     /// Things worth a warning that do not stop the start (skipped tokens).
     pub warnings: Vec<String>,
+}
+
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    Http01,
+    TlsAlpn01,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSettings {
+    pub email: Option<String>,
+    pub directory: String,
+    pub challenge: Challenge,
+    /// Names besides HOSTNAME on the certificate.
+    pub extra_names: Vec<String>,
+    /// Extra PEM roots to trust for the directory (a private CA, Pebble).
+    pub ca_roots: Vec<PathBuf>,
+    /// External Account Binding: key id and base64url HMAC key.
+    pub eab: Option<(String, String)>,
 }
 
 /// Connection limits and timeouts, applied to both ports.

@@ -142,7 +142,7 @@ pub async fn handle(
     // Cheap clones (reference-counted bytes), kept for the failure log line.
     let uri = req.uri().clone();
     let client = Client::of(&conn, req.headers(), &rt.config.trusted_proxies);
-    let mut res = match inner(req, &conn, &client, &rt).await {
+    let mut res = match inner(req, &conn, &client, &rt, &shared).await {
         Ok(res) => res,
         Err(Failure { error, route }) => {
             match route {
@@ -199,6 +199,7 @@ async fn inner(
     conn: &Conn,
     client: &Client,
     rt: &Runtime,
+    shared: &Shared,
 ) -> Result<Response<ResponseBody>, Failure> {
     // RFC 9112 §6.1: both framings at once is the classic smuggling
     // vector; refuse it outright (hyper would trust Transfer-Encoding).
@@ -208,7 +209,7 @@ async fn inner(
     let path = req.uri().path();
     if !conn.tls {
         if path.starts_with(ACME_CHALLENGE_PREFIX) {
-            return Ok(serve_challenge(rt, path).await);
+            return Ok(serve_challenge(rt, &shared.acme_tokens, path).await);
         }
         if rt.config.force_https_redirect {
             return redirect_to_https(&req, rt).map_err(Failure::from);
@@ -498,17 +499,34 @@ fn valid_host(h: &str) -> bool {
 /// Serves certbot's webroot for HTTP-01 challenges: only a single token
 /// segment of the base64url alphabet (RFC 8555 §8.1), so no path can leave
 /// the folder; `Cache-Control: no-cache`; 404 when absent.
-async fn serve_challenge(rt: &Runtime, path: &str) -> Response<ResponseBody> {
+async fn serve_challenge(
+    rt: &Runtime,
+    tokens: &crate::acme::Tokens,
+    path: &str,
+) -> Response<ResponseBody> {
     let token = &path[ACME_CHALLENGE_PREFIX.len()..];
     let valid = !token.is_empty()
         && token.len() <= 256
         && token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    let file = match (&rt.webroot, valid) {
-        (Some(root), true) => tokio::fs::read(root.join(".well-known/acme-challenge").join(token))
-            .await
-            .ok(),
+    // Gatehouse's own ACME client first, then certbot's webroot.
+    let own = valid
+        .then(|| {
+            tokens
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(token)
+                .cloned()
+        })
+        .flatten();
+    let file = match (own, &rt.webroot, valid) {
+        (Some(key_auth), _, _) => Some(key_auth.into_bytes()),
+        (None, Some(root), true) => {
+            tokio::fs::read(root.join(".well-known/acme-challenge").join(token))
+                .await
+                .ok()
+        }
         _ => None,
     };
     let mut res = match file {

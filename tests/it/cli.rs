@@ -183,7 +183,7 @@ async fn check_without_a_file_uses_the_aliasvault_layout_and_env() {
     );
     assert!(out.contains("\"vault.example.com\""), "{out}");
     assert!(
-        out.contains("LETSENCRYPT_ENABLED is set but not supported yet"),
+        out.contains("certificate: ./certificates/letsencrypt/live/vault.example.com/fullchain.pem not present yet; until then: self-signed"),
         "{out}"
     );
     assert!(out.contains("trusted proxies: 10.0.0.0/8\n"), "{out}");

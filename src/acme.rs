@@ -1,0 +1,459 @@
+//! Built-in ACME (RFC 8555): obtains and renews the certificate for
+//! HOSTNAME (and any extra names) without a certbot container.
+//!
+//! Files use certbot's layout so existing installs and tools keep working:
+//! `letsencrypt/live/HOSTNAME/{fullchain,privkey,cert,chain}.pem` (keys
+//! 0600). The account key lives beside them in `letsencrypt/gatehouse/`.
+//! Until the first issuance succeeds the fallback (self-signed) certificate
+//! is served; failures are retried with backoff and never stop the server.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
+};
+
+use crate::config::{AcmeSettings, Challenge};
+use crate::tls::{self, CertResolver, CertSource};
+
+/// HTTP-01 tokens being validated: token → key authorization.
+pub type Tokens = Arc<Mutex<HashMap<String, String>>>;
+
+/// Why an issuance attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    /// The CA's problem document (RFC 7807), kept whole for the log.
+    #[error("the CA refused: {}", describe_problem(.0))]
+    Problem(instant_acme::Problem),
+    #[error("ACME request failed")]
+    Client(#[source] instant_acme::Error),
+    #[error("{0}")]
+    Other(String),
+    #[error("cannot write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<instant_acme::Error> for AcmeError {
+    fn from(e: instant_acme::Error) -> Self {
+        match e {
+            instant_acme::Error::Api(p) => AcmeError::Problem(p),
+            other => AcmeError::Client(other),
+        }
+    }
+}
+
+fn describe_problem(p: &instant_acme::Problem) -> String {
+    let mut s = format!(
+        "type {}, detail {}",
+        p.r#type.as_deref().unwrap_or("(none)"),
+        p.detail.as_deref().unwrap_or("(none)")
+    );
+    for sub in &p.subproblems {
+        s.push_str(&format!("; {sub:?}"));
+    }
+    s
+}
+
+pub struct Manager {
+    pub settings: AcmeSettings,
+    pub hostname: String,
+    pub letsencrypt_dir: PathBuf,
+    pub resolver: Arc<CertResolver>,
+    pub tokens: Tokens,
+}
+
+/// The first retry waits this long; each failure doubles it up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
+/// Let's Encrypt's rate limits reset over hours: back off at least this much.
+const RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// The wait before the next attempt after `failures` consecutive failures.
+/// A CA's Retry-After (or a rate-limit problem) is never undercut.
+pub fn backoff(failures: u32, retry_after: Option<Duration>, rate_limited: bool) -> Duration {
+    let exp = FIRST_BACKOFF
+        .saturating_mul(1u32 << failures.min(16).saturating_sub(1))
+        .min(MAX_BACKOFF);
+    let floor = if rate_limited {
+        RATE_LIMIT_BACKOFF
+    } else {
+        Duration::ZERO
+    };
+    exp.max(floor).max(retry_after.unwrap_or_default())
+}
+
+/// When a certificate valid from `not_before` to `not_after` (Unix seconds)
+/// should be renewed: once less than a third of its lifetime remains, which
+/// also suits Let's Encrypt's short-lived certificates.
+pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
+    not_after - (not_after - not_before) / 3
+}
+
+impl Manager {
+    pub fn names(&self) -> Vec<String> {
+        let mut names = vec![self.hostname.clone()];
+        for n in &self.settings.extra_names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        names
+    }
+
+    fn live(&self) -> (PathBuf, PathBuf) {
+        tls::live_paths(&self.letsencrypt_dir, &self.hostname)
+    }
+
+    /// Seconds until the live certificate should be renewed (0: now).
+    fn due_in(&self) -> Duration {
+        let (cert, key) = self.live();
+        match tls::load_pair(&cert, &key, CertSource::Acme(cert.clone())) {
+            Ok(l) => {
+                let names = self.names();
+                let covers = names
+                    .iter()
+                    .all(|n| l.info.sans.iter().any(|s| s.ends_with(&format!(":{n}"))));
+                if !covers {
+                    return Duration::ZERO;
+                }
+                let at = renew_at(l.info.not_before_unix, l.info.not_after_unix);
+                Duration::from_secs((at - tls::unix_now()).max(0) as u64)
+            }
+            Err(_) => Duration::ZERO,
+        }
+    }
+
+    /// Runs for the life of the server: issue when due, then sleep until the
+    /// renewal time; on failure retry with backoff.
+    pub async fn run(self) {
+        let mut failures = 0u32;
+        loop {
+            let due = self.due_in();
+            if !due.is_zero() {
+                tracing::info!(
+                    "ACME: certificate for {} is renewed in {}s",
+                    self.hostname,
+                    due.as_secs()
+                );
+                // Wake at least daily so a replaced file is re-evaluated.
+                tokio::time::sleep(due.min(Duration::from_secs(86_400))).await;
+                continue;
+            }
+            match self.issue().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    let rate_limited = matches!(&e, AcmeError::Problem(p)
+                        if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited"));
+                    let retry_after = match &e {
+                        AcmeError::Client(instant_acme::Error::Timeout(Some(at))) => {
+                            Some(at.saturating_duration_since(std::time::Instant::now()))
+                        }
+                        _ => None,
+                    };
+                    let wait = backoff(failures, retry_after, rate_limited);
+                    tracing::error!(
+                        "ACME: obtaining a certificate for {} failed: {}; retrying in {}s",
+                        self.hostname,
+                        crate::proxy::ErrorChain(&e),
+                        wait.as_secs()
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    /// One issuance: account, order, challenges, CSR, certificate, files.
+    pub async fn issue(&self) -> Result<(), AcmeError> {
+        let names = self.names();
+        tracing::info!(
+            "ACME: requesting a certificate for {} from {}",
+            names.join(", "),
+            self.settings.directory
+        );
+        let account = self.account().await?;
+        let identifiers: Vec<Identifier> = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Identifier::Ip(ip),
+                Err(_) => Identifier::Dns(n.clone()),
+            })
+            .collect();
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let kind = match self.settings.challenge {
+            Challenge::Http01 => ChallengeType::Http01,
+            Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        };
+        let mut cleanup: Vec<(String, String)> = Vec::new();
+        let result = async {
+            let mut authorizations = order.authorizations();
+            while let Some(authz) = authorizations.next().await {
+                let mut authz = authz?;
+                match authz.status {
+                    AuthorizationStatus::Pending => {}
+                    AuthorizationStatus::Valid => continue,
+                    other => return Err(AcmeError::Other(format!("authorization is {other:?}"))),
+                }
+                let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
+                    AcmeError::Other(format!("the CA offers no {kind:?} challenge"))
+                })?;
+                let key_auth = challenge.key_authorization();
+                let name = match challenge.identifier().identifier {
+                    Identifier::Dns(n) => n.clone(),
+                    Identifier::Ip(ip) => ip.to_string(),
+                    other => {
+                        return Err(AcmeError::Other(format!(
+                            "unsupported identifier {other:?}"
+                        )))
+                    }
+                };
+                match kind {
+                    ChallengeType::TlsAlpn01 => {
+                        let cert = validation_cert(&name, key_auth.digest().as_ref())?;
+                        self.resolver.set_challenge(&name, Some(cert));
+                        cleanup.push(("tls".into(), name));
+                    }
+                    _ => {
+                        self.lock_tokens()
+                            .insert(challenge.token.clone(), key_auth.as_str().to_string());
+                        cleanup.push(("http".into(), challenge.token.clone()));
+                    }
+                }
+                challenge.set_ready().await?;
+            }
+            let retry = RetryPolicy::new().timeout(Duration::from_secs(120));
+            let status = order.poll_ready(&retry).await?;
+            if status != OrderStatus::Ready {
+                let detail = order
+                    .state()
+                    .error
+                    .as_ref()
+                    .map(describe_problem)
+                    .unwrap_or_default();
+                return Err(AcmeError::Other(format!("order is {status:?} {detail}")));
+            }
+            Ok(())
+        }
+        .await;
+        for (kind, key) in cleanup {
+            if kind == "tls" {
+                self.resolver.set_challenge(&key, None);
+            } else {
+                self.lock_tokens().remove(&key);
+            }
+        }
+        result?;
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| AcmeError::Other(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::new(names.clone())
+            .map_err(|e| AcmeError::Other(e.to_string()))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params
+            .serialize_request(&key)
+            .map_err(|e| AcmeError::Other(e.to_string()))?;
+        order.finalize_csr(csr.der()).await?;
+        let chain = order
+            .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(120)))
+            .await?;
+        let key_pem = key.serialize_pem();
+        let ck = tls::certified_key(
+            chain.as_bytes(),
+            key_pem.as_bytes(),
+            Path::new("ACME order"),
+        )
+        .map_err(|e| AcmeError::Other(e.to_string()))?;
+        self.write_live(&chain, &key_pem)?;
+        let (cert_path, _) = self.live();
+        let info = tls::inspect(&ck, CertSource::Acme(cert_path))
+            .map_err(|e| AcmeError::Other(e.to_string()))?;
+        tracing::info!("ACME: certificate issued: {info}");
+        self.resolver.set(ck);
+        Ok(())
+    }
+
+    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// certbot's `live/NAME/` files: fullchain and privkey (what servers
+    /// read), plus cert and chain for tools that expect them.
+    fn write_live(&self, chain: &str, key_pem: &str) -> Result<(), AcmeError> {
+        let (fullchain, privkey) = self.live();
+        let dir = fullchain.parent().unwrap_or(Path::new("."));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: crate::config::ConfigError| AcmeError::Io {
+                path: path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            }
+        };
+        let split = chain
+            .find("-----END CERTIFICATE-----")
+            .map(|i| i + "-----END CERTIFICATE-----".len());
+        let (leaf, rest) = split.map_or((chain, ""), |i| chain.split_at(i));
+        // The key first, so the pair is never briefly mismatched on disk for
+        // longer than one rename; the watcher ignores a mismatch anyway.
+        tls::write_file(&privkey, key_pem.as_bytes(), 0o600).map_err(io(&privkey))?;
+        tls::write_file(&fullchain, chain.as_bytes(), 0o644).map_err(io(&fullchain))?;
+        let cert = dir.join("cert.pem");
+        tls::write_file(&cert, format!("{}\n", leaf.trim()).as_bytes(), 0o644)
+            .map_err(io(&cert))?;
+        let chain_path = dir.join("chain.pem");
+        tls::write_file(&chain_path, format!("{}\n", rest.trim()).as_bytes(), 0o644)
+            .map_err(io(&chain_path))?;
+        Ok(())
+    }
+
+    fn account_path(&self) -> PathBuf {
+        let host = self
+            .settings
+            .directory
+            .parse::<http::Uri>()
+            .ok()
+            .and_then(|u| u.authority().map(|a| a.as_str().replace(':', "_")))
+            .unwrap_or_else(|| "directory".into());
+        self.letsencrypt_dir
+            .join("gatehouse")
+            .join(host)
+            .join("account.json")
+    }
+
+    /// Loads the saved account for this directory, or registers one (with
+    /// External Account Binding when configured) and saves it, mode 0600.
+    async fn account(&self) -> Result<Account, AcmeError> {
+        let path = self.account_path();
+        if let Ok(text) = std::fs::read(&path) {
+            if let Ok(creds) = serde_json::from_slice::<AccountCredentials>(&text) {
+                return Ok(Account::builder_with_http(self.http()?)
+                    .from_credentials(creds)
+                    .await?);
+            }
+            tracing::warn!(
+                "ACME: {} is not a valid account file; registering a new account",
+                path.display()
+            );
+        }
+        let contact = self.settings.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+        let eab = match &self.settings.eab {
+            Some((kid, key)) => {
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(key.trim_end_matches('='))
+                    .map_err(|e| AcmeError::Other(format!("eab_hmac_key is not base64url: {e}")))?;
+                Some(ExternalAccountKey::new(kid.clone(), &raw))
+            }
+            None => None,
+        };
+        let (account, creds) = Account::builder_with_http(self.http()?)
+            .create(
+                &NewAccount {
+                    contact: &contacts,
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                self.settings.directory.clone(),
+                eab.as_ref(),
+            )
+            .await?;
+        let json =
+            serde_json::to_vec_pretty(&creds).map_err(|e| AcmeError::Other(e.to_string()))?;
+        tls::write_file(&path, &json, 0o600).map_err(|e| AcmeError::Io {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        tracing::info!("ACME: registered account {}", account.id());
+        Ok(account)
+    }
+
+    /// The HTTPS client for the directory: the public web roots plus any
+    /// `ca_roots`, on the ring provider.
+    fn http(&self) -> Result<Box<dyn instant_acme::HttpClient>, AcmeError> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for path in &self.settings.ca_roots {
+            for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| AcmeError::Other(format!("ca_roots {}: {e}", path.display())))?
+            {
+                let cert = cert
+                    .map_err(|e| AcmeError::Other(format!("ca_roots {}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| AcmeError::Other(format!("ca_roots {}: {e}", path.display())))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AcmeError::Other(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build::<_, instant_acme::BodyWrapper<bytes::Bytes>>(connector);
+        Ok(Box::new(client))
+    }
+}
+
+/// The TLS-ALPN-01 validation certificate (RFC 8737 §3): self-signed, SAN =
+/// the name, and the critical acmeIdentifier extension holding the SHA-256
+/// of the key authorization.
+fn validation_cert(
+    name: &str,
+    digest: &[u8],
+) -> Result<Arc<rustls::sign::CertifiedKey>, AcmeError> {
+    let fail = |e: rcgen::Error| AcmeError::Other(e.to_string());
+    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(fail)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(fail)?;
+    let cert = params.self_signed(&key).map_err(fail)?;
+    tls::certified_key(
+        cert.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+        Path::new("validation"),
+    )
+    .map_err(|e| AcmeError::Other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_respects_the_ca() {
+        assert_eq!(backoff(1, None, false), Duration::from_secs(30));
+        assert_eq!(backoff(2, None, false), Duration::from_secs(60));
+        assert_eq!(backoff(5, None, false), Duration::from_secs(480));
+        assert_eq!(backoff(30, None, false), MAX_BACKOFF);
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(900)), false),
+            Duration::from_secs(900)
+        );
+        assert_eq!(backoff(1, None, true), RATE_LIMIT_BACKOFF);
+    }
+
+    #[test]
+    fn renewal_when_a_third_remains() {
+        // 90-day certificate: renewed after 60 days.
+        assert_eq!(renew_at(0, 90 * 86_400), 60 * 86_400);
+        // Six-day short-lived certificate: after four days.
+        assert_eq!(renew_at(1000, 1000 + 6 * 86_400), 1000 + 4 * 86_400);
+    }
+}
