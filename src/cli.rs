@@ -33,6 +33,10 @@ pub enum Command {
     /// Validate the configuration and print the effective listeners, routes
     /// and certificate source. Exit 0 when valid, 2 otherwise.
     Check,
+    /// Print the certificate being served for each name: source, issuer,
+    /// SANs, SHA-256 fingerprint, expiry, next renewal. Exits 1 when it
+    /// expires within 7 days.
+    Cert,
     /// Start three sample upstreams on loopback and the proxy in front of
     /// them on http://localhost:8080 and https://localhost:8443.
     Demo {
@@ -54,6 +58,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         None => run(&cli),
         Some(Command::Check) => check(&cli),
+        Some(Command::Cert) => cert(&cli),
         Some(Command::Demo {
             http_port,
             https_port,
@@ -164,6 +169,111 @@ fn check(cli: &Cli) -> ExitCode {
     };
     print!("{}", describe(&cfg, &plan));
     ExitCode::SUCCESS
+}
+
+fn cert(cli: &Cli) -> ExitCode {
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match served_certificate(&cfg) {
+        Ok(Some((info, renewal))) => {
+            print!("{}", describe_cert(&info, renewal));
+            let left = info.not_after_unix - tls::unix_now();
+            if left < 7 * 86_400 {
+                eprintln!("warning: the certificate expires in {} hours", left / 3600);
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!(
+                "no certificate yet: a self-signed one is generated for {:?} at start-up",
+                cfg.hostname
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+/// What a server started from `cfg` serves (the files it reads; hot reload
+/// keeps the running process on them), with its renewal time when
+/// Gatehouse renews it.
+pub fn served_certificate(
+    cfg: &Config,
+) -> Result<Option<(tls::CertInfo, Option<i64>)>, config::ConfigError> {
+    if cfg.letsencrypt_enabled || cfg.acme.is_some() {
+        let (cert, key) = tls::live_paths(&cfg.letsencrypt_dir, &cfg.hostname);
+        let source = if cfg.acme.is_some() {
+            tls::CertSource::Acme(cert.clone())
+        } else {
+            tls::CertSource::Certbot(cert.clone())
+        };
+        if let Ok(l) = tls::load_pair(&cert, &key, source) {
+            let renewal = cfg
+                .acme
+                .is_some()
+                .then(|| crate::acme::renew_at(l.info.not_before_unix, l.info.not_after_unix));
+            return Ok(Some((l.info, renewal)));
+        }
+    }
+    Ok(match tls::plan(&cfg.tls, &cfg.hostname)? {
+        tls::Plan::Use(l) => Some((l.info, None)),
+        tls::Plan::Generate(_) => None,
+    })
+}
+
+fn describe_cert(info: &tls::CertInfo, renewal: Option<i64>) -> String {
+    use std::fmt::Write;
+    let source = match &info.source {
+        tls::CertSource::File(p) => format!("file {}", p.display()),
+        tls::CertSource::Certbot(p) => format!("file {} (certbot layout)", p.display()),
+        tls::CertSource::Acme(p) => format!("ACME {}", p.display()),
+        tls::CertSource::Generated(p) => format!("self-signed {}", p.display()),
+        tls::CertSource::Ephemeral => "self-signed (memory)".to_string(),
+    };
+    let source = if info.self_signed && matches!(info.source, tls::CertSource::File(_)) {
+        format!("self-signed, {source}")
+    } else {
+        source
+    };
+    let renewal = match renewal {
+        Some(at) => format!(
+            "{} (in {} hours)",
+            rfc3339(at),
+            (at - tls::unix_now()).max(0) / 3600
+        ),
+        None => "not renewed by Gatehouse".to_string(),
+    };
+    let mut out = String::new();
+    for name in &info.sans {
+        let name = name.split_once(':').map_or(name.as_str(), |(_, n)| n);
+        let _ = writeln!(out, "{name}");
+        let _ = writeln!(out, "  source:       {source}");
+        let _ = writeln!(out, "  issuer:       {}", info.issuer);
+        let _ = writeln!(out, "  SANs:         {}", info.sans.join(", "));
+        let _ = writeln!(out, "  SHA-256:      {}", info.fingerprint);
+        let _ = writeln!(out, "  not after:    {}", rfc3339(info.not_after_unix));
+        let _ = writeln!(out, "  next renewal: {renewal}");
+    }
+    out
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
 }
 
 /// The effective configuration as `gatehouse check` prints it.

@@ -264,6 +264,9 @@ pub async fn watch(
                 }
             }
             Err(e) => {
+                resolver
+                    .rejected_reloads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!("certificate change ignored, the previous one stays in service: {e}")
             }
         }
@@ -446,6 +449,8 @@ pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 #[derive(Debug)]
 pub struct CertResolver {
     current: ArcSwap<CertifiedKey>,
+    /// Changed files that could not be used (half-written, mismatched).
+    pub rejected_reloads: std::sync::atomic::AtomicU64,
     challenges: std::sync::Mutex<std::collections::HashMap<String, Arc<CertifiedKey>>>,
 }
 
@@ -453,6 +458,7 @@ impl CertResolver {
     pub fn new(key: Arc<CertifiedKey>) -> Self {
         CertResolver {
             current: ArcSwap::new(key),
+            rejected_reloads: Default::default(),
             challenges: Default::default(),
         }
     }

@@ -475,7 +475,7 @@ async fn demo_serves_all_three_services_and_a_websocket() {
 }
 
 /// For the demo only, whose certificate exists in memory alone.
-fn insecure_client() -> std::sync::Arc<rustls::ClientConfig> {
+pub fn insecure_client() -> std::sync::Arc<rustls::ClientConfig> {
     #[derive(Debug)]
     struct AnyCert;
     impl rustls::client::danger::ServerCertVerifier for AnyCert {

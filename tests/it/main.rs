@@ -4,6 +4,7 @@
 mod support;
 
 mod attacks;
+mod certs;
 mod cli;
 mod compression;
 mod failures;
