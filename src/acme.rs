@@ -424,12 +424,17 @@ fn validation_cert(
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(fail)?;
     let cert = params.self_signed(&key).map_err(fail)?;
-    tls::certified_key(
-        cert.pem().as_bytes(),
-        key.serialize_pem().as_bytes(),
-        Path::new("validation"),
-    )
-    .map_err(|e| AcmeError::Other(e.to_string()))
+    // Built directly, without `certified_key`'s pair check: that check
+    // parses the certificate with webpki, which (rightly, for a served
+    // certificate) refuses the unknown critical acmeIdentifier extension.
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
+        .map_err(|e| AcmeError::Other(e.to_string()))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
+        .map_err(|e| AcmeError::Other(e.to_string()))?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 #[cfg(test)]

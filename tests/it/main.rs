@@ -3,6 +3,7 @@
 
 mod support;
 
+mod acme;
 mod attacks;
 mod certs;
 mod cli;
