@@ -21,15 +21,31 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 /// hyper frames bodies itself, so `Transfer-Encoding` is regenerated as
 /// needed. Returns whether the client's `TE` accepted trailers.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
-    // Fields named by Connection are collected first: removing while
-    // iterating the same map is not possible, and the list is short.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
+    // Runs twice per request. One pass over the names first: most messages
+    // carry at most `Connection: keep-alive`, and a lookup by name costs a
+    // hash each, so the removals below only run when there is work.
+    if !headers.keys().any(is_hop_by_hop) {
+        return false;
+    }
+    // Fields named by Connection, besides the fixed set removed anyway.
+    // Collected first (the map cannot change while it is read); the usual
+    // tokens allocate nothing.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in headers.get_all(header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',').map(str::trim) {
+            if token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
+                || token.eq_ignore_ascii_case("upgrade")
+                || token.is_empty()
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(name);
+            }
+        }
+    }
     for name in named {
         headers.remove(name);
     }
@@ -55,6 +71,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         headers.remove(name);
     }
     te_trailers
+}
+
+/// One of the fixed hop-by-hop fields (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == HTTP2_SETTINGS
 }
 
 /// What the proxy observed about the client's connection.

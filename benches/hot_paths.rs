@@ -1,0 +1,93 @@
+//! Micro-benchmarks of the pure functions on every request: route lookup,
+//! forwarding-header rewrite, hop-by-hop stripping. `cargo bench`.
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use gatehouse::config::ForwardedFor;
+use gatehouse::proxy::forwarded::{set_forwarding, strip_hop_by_hop, Observed};
+use gatehouse::router::Router;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+fn browser_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "vault.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+        ),
+        ("accept", "application/json, text/plain, */*"),
+        ("accept-language", "en-US,en;q=0.5"),
+        ("accept-encoding", "gzip, deflate, br, zstd"),
+        (
+            "authorization",
+            "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.sig",
+        ),
+        ("connection", "keep-alive"),
+        ("cookie", "a=1; b=2"),
+        ("x-forwarded-for", "203.0.113.9"),
+    ] {
+        h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn route_lookup(c: &mut Criterion) {
+    let router = Router::new(vec![
+        ("/".to_string(), 0),
+        ("/api".to_string(), 1),
+        ("/admin".to_string(), 2),
+    ]);
+    c.bench_function("route /api/v1/Vault", |b| {
+        b.iter(|| router.route(black_box("/api/v1/Vault")))
+    });
+    c.bench_function("route /_framework/dotnet.wasm", |b| {
+        b.iter(|| router.route(black_box("/_framework/dotnet.wasm")))
+    });
+}
+
+fn forwarding(c: &mut Criterion) {
+    let ip = HeaderValue::from_static("203.0.113.7");
+    let proto = HeaderValue::from_static("https");
+    let host = HeaderValue::from_static("vault.example.com");
+    let prefix = HeaderValue::from_static("/admin/");
+    let base = browser_headers();
+    c.bench_function("set_forwarding", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut h| {
+                set_forwarding(
+                    &mut h,
+                    &Observed {
+                        client_ip: &ip,
+                        proto: &proto,
+                        host: Some(&host),
+                        prefix: Some(&prefix),
+                        mode: ForwardedFor::Replace,
+                        https: true,
+                    },
+                );
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+fn hop_by_hop(c: &mut Criterion) {
+    let base = browser_headers();
+    c.bench_function("strip_hop_by_hop", |b| {
+        b.iter_batched(
+            || base.clone(),
+            |mut h| {
+                strip_hop_by_hop(&mut h);
+                h
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, route_lookup, forwarding, hop_by_hop);
+criterion_main!(benches);
