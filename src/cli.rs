@@ -91,11 +91,18 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(cfg.workers)
-        .enable_all()
-        .build()
-    {
+    // One worker: the single-threaded scheduler does the same work without
+    // work-stealing queues and cross-thread wake-ups (cheaper per request,
+    // see docs/benchmarks.md). Blocking work (DNS) still goes to the
+    // blocking pool either way.
+    let mut builder = if cfg.workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cfg.workers);
+        b
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
