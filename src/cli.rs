@@ -109,14 +109,23 @@ fn run(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(serve_until_signal(cfg, |_| {}))
+    let origin = crate::reload::Origin {
+        source: Source::discover(cli.config.as_deref()),
+        env_file: cli.env_file.clone(),
+    };
+    rt.block_on(serve_until_signal(cfg, Some(origin), |_| {}))
 }
 
 /// Serves until SIGTERM or SIGINT, then drains for the grace period.
-/// `started` runs once every listener is bound.
-pub async fn serve_until_signal(cfg: Config, started: impl FnOnce(&Server)) -> ExitCode {
+/// With an `origin`, SIGHUP and changes to its files reload the
+/// configuration. `started` runs once every listener is bound.
+pub async fn serve_until_signal(
+    cfg: Config,
+    origin: Option<crate::reload::Origin>,
+    started: impl FnOnce(&Server),
+) -> ExitCode {
     let grace = cfg.grace_period;
-    let server = match Server::start(cfg).await {
+    let mut server = match Server::start(cfg).await {
         Ok(s) => s,
         Err(StartError::Config(e)) => {
             eprintln!("error: {e}");
@@ -128,13 +137,67 @@ pub async fn serve_until_signal(cfg: Config, started: impl FnOnce(&Server)) -> E
         }
     };
     started(&server);
-    let signal = wait_for_signal().await;
+    let watched = origin.as_ref().map(|o| o.watched()).unwrap_or_default();
+    let mut seen = crate::reload::stamps(&watched);
+    let mut pending: Option<Vec<_>> = None;
+    let mut tick = tokio::time::interval(crate::reload::WATCH_INTERVAL);
+    let mut hangup = hangup_signal();
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    let signal = loop {
+        tokio::select! {
+            signal = &mut stop => break signal,
+            () = next_hangup(&mut hangup) => {
+                if let Some(o) = &origin {
+                    let _ = crate::reload::reload(&mut server, o, "SIGHUP").await;
+                }
+            }
+            _ = tick.tick(), if origin.is_some() => {
+                let now = crate::reload::stamps(&watched);
+                match &pending {
+                    // Settled since the last check: apply it once.
+                    Some(p) if *p == now => {
+                        pending = None;
+                        seen = now;
+                        if let Some(o) = &origin {
+                            let _ = crate::reload::reload(&mut server, o, "file change").await;
+                        }
+                    }
+                    _ if now != seen => pending = Some(now),
+                    _ => pending = None,
+                }
+            }
+        }
+    };
     tracing::info!(
         "{signal} received: no new connections, finishing in-flight requests (grace {grace:?})"
     );
     let drained = server.shutdown(grace).await;
     tracing::info!(drained, "stopped");
     ExitCode::SUCCESS
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+}
+
+/// Resolves on SIGHUP; never where there is no such signal.
+async fn next_hangup(h: &mut Hangup) {
+    #[cfg(unix)]
+    if let Some(s) = h {
+        if s.recv().await.is_some() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 async fn wait_for_signal() -> &'static str {

@@ -58,7 +58,7 @@ pub fn main(http_port: u16, https_port: u16) -> ExitCode {
             }
         };
         cfg.tls = TlsSettings::Ephemeral;
-        crate::cli::serve_until_signal(cfg, |server| {
+        crate::cli::serve_until_signal(cfg, None, |server| {
             let https = server.https_addrs.first().map_or(https_port, |a| a.port());
             let http = server.http_addrs.first().map_or(http_port, |a| a.port());
             println!("Gatehouse demo: three sample services behind one proxy.");

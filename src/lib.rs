@@ -25,6 +25,7 @@ pub mod listen;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;

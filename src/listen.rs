@@ -122,7 +122,8 @@ pub async fn accept_loop(
     kind: Kind,
     shared: Arc<Shared>,
     tracker: TaskTracker,
-    mut shutdown: watch::Receiver<bool>,
+    mut stop_accepting: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let local = match listener.local_addr() {
         Ok(a) => a,
@@ -134,7 +135,9 @@ pub async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            () = stopped(&mut shutdown) => return,
+            // A reload that drops this address, or shutdown: stop accepting;
+            // the connections already accepted go on.
+            () = stopped(&mut stop_accepting) => return,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -230,7 +233,7 @@ where
 {
     let peer = conn.peer;
     let timeout = shared.runtime.load().config.listener.handshake_timeout;
-    let acceptor = TlsAcceptor::from(shared.tls.clone());
+    let acceptor = TlsAcceptor::from(shared.tls.load_full());
     let tls = match tokio::time::timeout(timeout, acceptor.accept(io)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {

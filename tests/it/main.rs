@@ -11,6 +11,7 @@ mod compression;
 mod failures;
 mod forwarding;
 mod limits;
+mod reload;
 mod routing;
 mod smuggling;
 mod tls;

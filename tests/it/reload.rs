@@ -1,0 +1,219 @@
+//! Issue 5 point 1: reload without dropping anything.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use gatehouse::config::{Env, Source};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::support::*;
+
+fn text_config(dir: &std::path::Path, letter_url: &str, ws_url: &str) -> String {
+    format!(
+        "http_port = 0\nhttps_port = 0\nbind = [\"127.0.0.1\"]\nforce_https_redirect = false\n\n[[route]]\npath = \"/ws\"\nupstream = \"{ws_url}\"\n\n[[route]]\npath = \"/\"\nupstream = \"{letter_url}\"\n# {}\n",
+        dir.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reloads_under_load_drop_nothing() {
+    let a = fixed(200, "A").await;
+    let b = fixed(200, "B").await;
+    let ws = websocket_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let source = |text: String| Source::Text {
+        name: dir.path().join("gatehouse.toml"),
+        text,
+        base_dir: dir.path().to_path_buf(),
+    };
+    let valid = |url: &str| {
+        gatehouse::config::load(
+            &source(text_config(dir.path(), url, &ws.url())),
+            &Env::empty(),
+        )
+        .unwrap()
+    };
+    let mut server = within(gatehouse::Server::start(valid(&a.url())))
+        .await
+        .unwrap();
+    let (http, https) = (server.http_addrs[0], server.https_addrs[0]);
+    let cert = dir.path().join("certificates/ssl/cert.pem");
+    // WebSockets on both ports, held open across every reload.
+    let tcp = tokio::net::TcpStream::connect(http).await.unwrap();
+    let (mut ws_plain, _) = within(tokio_tungstenite::client_async("ws://localhost/ws", tcp))
+        .await
+        .unwrap();
+    let tls = tls_connect(https, &cert, &[b"http/1.1"]).await.unwrap();
+    let (mut ws_tls, _) = within(tokio_tungstenite::client_async("wss://localhost/ws", tls))
+        .await
+        .unwrap();
+    // Continuous requests: keep-alive HTTP/1.1 and HTTP/2 over TLS.
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let mut loads = Vec::new();
+    for proto in [Proto::H1, Proto::TlsH2] {
+        let (stop, count, cert) = (stop.clone(), count.clone(), cert.clone());
+        let addr = if proto == Proto::H1 { http } else { https };
+        loads.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::SeqCst) && count.load(Ordering::SeqCst) < 1_000_000 {
+                match send(proto, addr, &cert, get("/", "localhost")).await {
+                    Ok(r) if r.status == 200 && (r.text() == "A" || r.text() == "B") => {}
+                    other => failures.push(format!("{proto:?}: {other:?}")),
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            failures
+        }));
+    }
+    let invalid = source("http_port = 0\n[[route]]\npath = \"/\"\nupstrem = \"x\"\n".into());
+    let mut expect = "A";
+    for i in 0..50 {
+        if i % 2 == 0 {
+            let (url, letter) = if (i / 2) % 2 == 0 {
+                (b.url(), "B")
+            } else {
+                (a.url(), "A")
+            };
+            let generation = within(server.apply(valid(&url))).await.unwrap();
+            assert_eq!(generation, 2 + i / 2);
+            expect = letter;
+        } else {
+            let err = gatehouse::config::load(&invalid, &Env::empty()).unwrap_err();
+            assert!(
+                err.to_string().contains("gatehouse.toml:4:1: upstrem"),
+                "{err}"
+            );
+            // An invalid configuration that does load (both ports equal) is
+            // refused by apply and counted.
+            let mut bad = valid(&b.url());
+            bad.http_port = 7;
+            bad.https_port = 7;
+            assert!(within(server.apply(bad)).await.is_err());
+        }
+        // The routes are the last valid configuration's.
+        let r = send(Proto::H1, http, &cert, get("/", "localhost"))
+            .await
+            .unwrap();
+        assert_eq!(r.text(), expect, "after reload {i}");
+    }
+    assert_eq!(server.shared.generation.load(Ordering::SeqCst), 26);
+    assert_eq!(server.shared.reload_failures.load(Ordering::SeqCst), 25);
+    // Listeners were not rebound.
+    assert_eq!((server.http_addrs[0], server.https_addrs[0]), (http, https));
+    stop.store(true, Ordering::SeqCst);
+    for l in loads {
+        let failures = within(l).await.unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    assert!(
+        count.load(Ordering::SeqCst) > 50,
+        "load too small to mean anything"
+    );
+    for ws in [&mut ws_plain] {
+        within(ws.send(Message::text("alive"))).await.unwrap();
+        assert_eq!(
+            within(ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .into_text()
+                .unwrap()
+                .as_str(),
+            "alive"
+        );
+    }
+    within(ws_tls.send(Message::text("alive"))).await.unwrap();
+    assert_eq!(
+        within(ws_tls.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "alive"
+    );
+    within(server.shutdown(Duration::from_secs(2))).await;
+}
+
+/// The binary: a changed file is picked up, an invalid one is logged with
+/// its line and the old routes keep serving, SIGHUP reloads.
+#[tokio::test]
+async fn file_changes_and_sighup_reload_the_binary() {
+    let a = fixed(200, "A").await;
+    let b = fixed(200, "B").await;
+    let dir = tempfile::tempdir().unwrap();
+    let write = |url: &str| {
+        std::fs::write(
+            dir.path().join("gatehouse.toml"),
+            format!("http_port = 0\nhttps_port = 0\nbind = [\"127.0.0.1\"]\nforce_https_redirect = false\n{}", routes(&[("/", url)])),
+        )
+        .unwrap()
+    };
+    write(&a.url());
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .current_dir(dir.path())
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut wait_for = async |needle: &str| -> String {
+        loop {
+            let line = within(lines.next_line()).await.unwrap().expect("exited");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    let line = wait_for("listening on http://127.0.0.1:").await;
+    let port: u16 = line
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let get_text = async || {
+        send(Proto::H1, addr, std::path::Path::new(""), get("/", "h"))
+            .await
+            .unwrap()
+            .text()
+    };
+    assert_eq!(get_text().await, "A");
+    write(&b.url());
+    wait_for("config reloaded (generation 2)").await;
+    assert_eq!(get_text().await, "B");
+    std::fs::write(
+        dir.path().join("gatehouse.toml"),
+        "http_port = 0\n[[route]]\npath = \"/\"\nupstrem = \"x\"\n",
+    )
+    .unwrap();
+    wait_for("reload (file change) rejected").await;
+    wait_for("gatehouse.toml:4:1: upstrem").await;
+    assert_eq!(get_text().await, "B", "the old configuration keeps serving");
+    write(&a.url());
+    wait_for("config reloaded (generation 3)").await;
+    assert_eq!(get_text().await, "A");
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-s", "HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_for("config reloaded (generation 4)").await;
+    assert!(std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(within(child.wait()).await.unwrap().code(), Some(0));
+}
