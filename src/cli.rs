@@ -37,6 +37,12 @@ pub enum Command {
     /// SANs, SHA-256 fingerprint, expiry, next renewal. Exits 1 when it
     /// expires within 7 days.
     Cert,
+    /// Ask the running server to reload its configuration (through the
+    /// metrics listener, from loopback). Exit 0 when it was applied.
+    Reload,
+    /// Check the running server's /readyz (for a container HEALTHCHECK).
+    /// Exit 0 when ready, 1 otherwise.
+    Health,
     /// Start three sample upstreams on loopback and the proxy in front of
     /// them on http://localhost:8080 and https://localhost:8443.
     Demo {
@@ -59,6 +65,8 @@ pub fn main() -> ExitCode {
         None => run(&cli),
         Some(Command::Check) => check(&cli),
         Some(Command::Cert) => cert(&cli),
+        Some(Command::Reload) => admin_request(&cli, http::Method::POST, "/reload"),
+        Some(Command::Health) => admin_request(&cli, http::Method::GET, "/readyz"),
         Some(Command::Demo {
             http_port,
             https_port,
@@ -142,11 +150,20 @@ pub async fn serve_until_signal(
     let mut pending: Option<Vec<_>> = None;
     let mut tick = tokio::time::interval(crate::reload::WATCH_INTERVAL);
     let mut hangup = hangup_signal();
+    let mut commands = server.take_admin_commands();
     let stop = wait_for_signal();
     tokio::pin!(stop);
     let signal = loop {
         tokio::select! {
             signal = &mut stop => break signal,
+            Some(cmd) = next_command(&mut commands) => {
+                let crate::admin::Command::Reload(reply) = cmd;
+                let result = match &origin {
+                    Some(o) => crate::reload::reload(&mut server, o, "gatehouse reload").await.map_err(|e| e.to_string()),
+                    None => Err("this process has no configuration file to reload".to_string()),
+                };
+                let _ = reply.send(result);
+            }
             () = next_hangup(&mut hangup) => {
                 if let Some(o) = &origin {
                     let _ = crate::reload::reload(&mut server, o, "SIGHUP").await;
@@ -186,6 +203,16 @@ fn hangup_signal() -> Hangup {
     #[cfg(unix)]
     {
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+}
+
+/// The next admin command; never when there is no admin listener.
+async fn next_command(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<crate::admin::Command>>,
+) -> Option<crate::admin::Command> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -239,6 +266,65 @@ fn check(cli: &Cli) -> ExitCode {
     };
     print!("{}", describe(&cfg, &plan));
     ExitCode::SUCCESS
+}
+
+/// One request to the running server's metrics listener.
+fn admin_request(cli: &Cli, method: http::Method, path: &str) -> ExitCode {
+    let cfg = match load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(addr) = cfg.metrics else {
+        eprintln!("error: the metrics listener is disabled ([metrics] enabled = false)");
+        return ExitCode::FAILURE;
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: Result<(http::StatusCode, String), Box<dyn std::error::Error + Send + Sync>> = rt
+        .block_on(async {
+            use http_body_util::BodyExt;
+            let stream =
+                tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+                    .await??;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let req = http::Request::builder()
+                .method(method)
+                .uri(path)
+                .header(http::header::HOST, addr.to_string())
+                .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+            let res =
+                tokio::time::timeout(Duration::from_secs(60), sender.send_request(req)).await??;
+            let status = res.status();
+            let body = res.into_body().collect().await?.to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        });
+    match result {
+        Ok((status, body)) => {
+            print!("{body}");
+            if status.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: cannot reach the server at http://{addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn cert(cli: &Cli) -> ExitCode {
@@ -384,6 +470,14 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
         l.h2_max_concurrent_streams,
         if l.proxy_protocol { ", PROXY protocol from trusted peers" } else { "" }
     );
+    let _ = writeln!(
+        out,
+        "metrics: {}",
+        cfg.metrics.map_or_else(
+            || "disabled".to_string(),
+            |a| format!("http://{a} (/metrics, /healthz, /readyz, POST /reload)")
+        )
+    );
     let trusted: Vec<String> = cfg
         .trusted_proxies
         .iter()
@@ -399,7 +493,7 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
         }
     );
     let _ = writeln!(out, "routes:");
-    let runtime = Runtime::build(cfg.clone(), None);
+    let runtime = Runtime::build(cfg.clone(), None, &crate::metrics::Metrics::default());
     for (path, r) in runtime.router.iter() {
         let mut extras = format!(
             "timeout {}, websocket idle {}, max body {}",

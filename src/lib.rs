@@ -15,6 +15,7 @@
 //! ```
 
 pub mod acme;
+pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod error;
 pub mod framing;
 pub mod listen;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -235,12 +235,26 @@ where
     let timeout = shared.runtime.load().config.listener.handshake_timeout;
     let acceptor = TlsAcceptor::from(shared.tls.load_full());
     let tls = match tokio::time::timeout(timeout, acceptor.accept(io)).await {
-        Ok(Ok(tls)) => tls,
+        Ok(Ok(tls)) => {
+            shared
+                .metrics
+                .tls_handshakes
+                .fetch_add(1, Ordering::Relaxed);
+            tls
+        }
         Ok(Err(e)) => {
+            shared
+                .metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, "TLS handshake failed: {e}");
             return;
         }
         Err(_) => {
+            shared
+                .metrics
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, "TLS handshake timed out");
             return;
         }
@@ -266,6 +280,8 @@ async fn serve_http1<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let metrics = shared.metrics.clone();
+    let _open = crate::metrics::Gauge::up(&metrics.open_http1);
     let rt = shared.runtime.load_full();
     let (max_head, l) = (rt.config.max_header_bytes, &rt.config.listener);
     let peer = conn.peer;
@@ -305,6 +321,8 @@ async fn serve_http2<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let metrics = shared.metrics.clone();
+    let _open = crate::metrics::Gauge::up(&metrics.open_http2);
     let rt = shared.runtime.load_full();
     let (max_head, l) = (rt.config.max_header_bytes, &rt.config.listener);
     let peer = conn.peer;

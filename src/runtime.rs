@@ -29,6 +29,7 @@ pub struct RouteRt {
     pub access: Access,
     /// `None` when the route has no rate limit (the default).
     pub limiter: Option<Limiter>,
+    pub metrics: Arc<crate::metrics::RouteMetrics>,
 }
 
 pub struct Runtime {
@@ -43,7 +44,11 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn build(config: Config, bound_https_port: Option<u16>) -> Runtime {
+    pub fn build(
+        config: Config,
+        bound_https_port: Option<u16>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Runtime {
         let routes = config
             .routes
             .iter()
@@ -60,6 +65,7 @@ impl Runtime {
                     compress: r.compress,
                     access: r.access.clone(),
                     limiter: r.rate_limit.map(Limiter::new),
+                    metrics: metrics.route(&r.path),
                 };
                 (r.path.clone(), Arc::new(rt))
             })

@@ -29,6 +29,7 @@ pub struct Shared {
     pub conns: listen::ConnCounts,
     /// HTTP-01 challenges in progress (token → key authorization).
     pub acme_tokens: crate::acme::Tokens,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Shared {
@@ -75,6 +76,10 @@ pub struct Server {
     /// Certificate watcher and ACME manager; replaced on reload, aborted on
     /// shutdown.
     background: JoinSet<()>,
+    /// The metrics/health/reload listener's address, when it is up.
+    pub metrics_addr: Option<SocketAddr>,
+    admin: Option<tokio::task::JoinHandle<()>>,
+    admin_commands: Option<tokio::sync::mpsc::Receiver<crate::admin::Command>>,
 }
 
 /// The certificate side built from one configuration.
@@ -184,7 +189,12 @@ impl Server {
         };
         let (http_addrs, https_addrs) = (local(Kind::Http), local(Kind::Https));
         let watch_pair = certs.initial.watch;
-        let runtime = Runtime::build(config.clone(), https_addrs.first().map(SocketAddr::port));
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let runtime = Runtime::build(
+            config.clone(),
+            https_addrs.first().map(SocketAddr::port),
+            &metrics,
+        );
         log_startup(&runtime, &http_addrs, &https_addrs, &loaded.info);
         let shared = Arc::new(Shared {
             runtime: ArcSwap::from_pointee(runtime),
@@ -194,9 +204,33 @@ impl Server {
             certs: resolver,
             conns: listen::ConnCounts::default(),
             acme_tokens: crate::acme::Tokens::default(),
+            metrics,
         });
         let background = spawn_background(&config, watch_pair, &shared);
         let (shutdown, _) = watch::channel(false);
+        // The metrics listener is not worth failing a start for: an address
+        // in use is a warning, the proxy serves on.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (metrics_addr, admin) =
+            match config.metrics.map(|a| (a, listen::bind(a.ip(), a.port()))) {
+                Some((_, Ok(l))) => {
+                    let addr = l.local_addr().ok();
+                    if let Some(a) = addr {
+                        tracing::info!(
+                            "metrics and health on http://{a} (/metrics, /healthz, /readyz)"
+                        );
+                    }
+                    (
+                        addr,
+                        Some(tokio::spawn(crate::admin::serve(l, shared.clone(), tx))),
+                    )
+                }
+                Some((a, Err(e))) => {
+                    tracing::warn!("metrics listener not started on {a}: {e}");
+                    (None, None)
+                }
+                None => (None, None),
+            };
         let mut server = Server {
             http_addrs,
             https_addrs,
@@ -207,6 +241,9 @@ impl Server {
             accept_loops: JoinSet::new(),
             connections: TaskTracker::new(),
             background,
+            metrics_addr,
+            admin,
+            admin_commands: Some(rx),
         };
         server.serve(bound);
         Ok(server)
@@ -308,7 +345,11 @@ impl Server {
         self.shared.tls.store(tls_config);
         self.background.abort_all();
         self.background = spawn_background(&config, certs.initial.watch, &self.shared);
-        let runtime = Runtime::build(config, self.https_addrs.first().map(SocketAddr::port));
+        let runtime = Runtime::build(
+            config,
+            self.https_addrs.first().map(SocketAddr::port),
+            &self.shared.metrics,
+        );
         self.shared.runtime.store(Arc::new(runtime));
         let generation = self
             .shared
@@ -317,6 +358,14 @@ impl Server {
             + 1;
         tracing::info!("config reloaded (generation {generation})");
         Ok(generation)
+    }
+
+    /// The requests of the admin listener (`POST /reload`), for the loop
+    /// that owns this server; taken once.
+    pub fn take_admin_commands(
+        &mut self,
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::admin::Command>> {
+        self.admin_commands.take()
     }
 
     /// Stops accepting, asks every connection to finish its in-flight
@@ -328,6 +377,9 @@ impl Server {
             let _ = b.stop.send(true);
         }
         self.background.abort_all();
+        if let Some(admin) = &self.admin {
+            admin.abort();
+        }
         while self.accept_loops.join_next().await.is_some() {}
         self.connections.close();
         let drained = tokio::time::timeout(grace, self.connections.wait())

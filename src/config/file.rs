@@ -27,6 +27,7 @@ pub struct File {
     pub listener: Option<Listener>,
     pub tls: Option<Tls>,
     pub acme: Option<Acme>,
+    pub metrics: Option<Metrics>,
     pub headers: Option<Headers>,
     #[serde(default)]
     pub route: Vec<Route>,
@@ -54,6 +55,14 @@ pub struct Tls {
     pub webroot: Option<Spanned<String>>,
     /// certbot's configuration folder (`live/`, `archive/`, `accounts/`).
     pub letsencrypt: Option<Spanned<String>>,
+}
+
+/// The metrics and health listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub listen: Option<Spanned<String>>,
+    pub enabled: Option<bool>,
 }
 
 /// Built-in ACME (RFC 8555). The table's presence turns it on.

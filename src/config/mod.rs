@@ -287,6 +287,18 @@ impl Builder<'_> {
         };
         let letsencrypt_dir = get(&t.letsencrypt, "certificates/letsencrypt");
         let acme = f.acme.map(|a| self.acme(a)).transpose()?;
+        let m = f.metrics.unwrap_or_default();
+        let metrics = match (m.enabled.unwrap_or(true), &m.listen) {
+            (false, _) => None,
+            (true, None) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9090))),
+            (true, Some(v)) => Some(v.get_ref().parse().map_err(|_| {
+                self.err(
+                    v.span(),
+                    "listen",
+                    "expected an address such as \"127.0.0.1:9090\"",
+                )
+            })?),
+        };
         let headers = self.headers(f.headers.unwrap_or_default())?;
         // A file is strict: an invalid range is an error with its line. The
         // variable keeps AliasVault's skip-with-warning rule.
@@ -325,6 +337,7 @@ impl Builder<'_> {
             letsencrypt_dir,
             letsencrypt_enabled: false,
             acme,
+            metrics,
             headers,
             routes,
             unsupported_vars: Vec::new(),

@@ -36,6 +36,8 @@ pub struct Config {
     /// `LETSENCRYPT_ENABLED`: serve the certbot-layout files for HOSTNAME.
     pub letsencrypt_enabled: bool,
     pub acme: Option<AcmeSettings>,
+    /// The metrics/health/reload listener; `None` when disabled.
+    pub metrics: Option<std::net::SocketAddr>,
     pub headers: HeaderRules,
     /// Routes in file order; the router sorts them by specificity.
     pub routes: Vec<Route>,

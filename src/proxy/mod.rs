@@ -8,6 +8,7 @@ pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -142,9 +143,21 @@ pub async fn handle(
     // Cheap clones (reference-counted bytes), kept for the failure log line.
     let uri = req.uri().clone();
     let client = Client::of(&conn, req.headers(), &rt.config.trusted_proxies);
-    let mut res = match inner(req, &conn, &client, &rt, &shared).await {
+    let started = std::time::Instant::now();
+    let mut chosen = None;
+    let mut res = match inner(req, &conn, &client, &rt, &shared, &mut chosen).await {
         Ok(res) => res,
         Err(Failure { error, route }) => {
+            if let Some(r) = &route {
+                match error {
+                    ProxyError::UpstreamConnect(_) => {
+                        r.metrics.connect_errors.fetch_add(1, Relaxed)
+                    }
+                    ProxyError::UpstreamTimeout(_) => r.metrics.timeouts.fetch_add(1, Relaxed),
+                    _ => 0,
+                };
+                chosen = route.clone();
+            }
             match route {
                 Some(route) => tracing::warn!(
                     client = %client.ip,
@@ -164,6 +177,11 @@ pub async fn handle(
         }
     };
     rt.headers.apply(res.headers_mut(), conn.tls);
+    let status = res.status().as_u16();
+    match &chosen {
+        Some(route) => route.metrics.observe(status, started.elapsed()),
+        None => shared.metrics.unrouted.observe(status, started.elapsed()),
+    }
     Ok(res)
 }
 
@@ -200,6 +218,7 @@ async fn inner(
     client: &Client,
     rt: &Runtime,
     shared: &Shared,
+    chosen: &mut Option<Arc<RouteRt>>,
 ) -> Result<Response<ResponseBody>, Failure> {
     // RFC 9112 §6.1: both framings at once is the classic smuggling
     // vector; refuse it outright (hyper would trust Transfer-Encoding).
@@ -216,6 +235,7 @@ async fn inner(
         }
     }
     let route = select_route(rt, path, client.ip)?;
+    *chosen = Some(route.clone());
     let on_route = |error: ProxyError| Failure {
         error,
         route: Some(route.clone()),
@@ -223,12 +243,12 @@ async fn inner(
     admit_rate(&route, client.ip).map_err(on_route)?;
     admit_body(&req, &route).map_err(on_route)?;
     if upgrade::is_h2_websocket(&req) {
-        return upgrade::h2_websocket(req, client, route.clone())
+        return upgrade::h2_websocket(req, client, route.clone(), shared.metrics.clone())
             .await
             .map_err(on_route);
     }
     if upgrade::is_h1_upgrade(&req) {
-        return upgrade::h1(req, client, route.clone())
+        return upgrade::h1(req, client, route.clone(), shared.metrics.clone())
             .await
             .map_err(on_route);
     }
@@ -398,6 +418,7 @@ pub async fn send(
         }
         Ok(Ok(res)) => res,
     };
+    route.metrics.reached.store(true, Relaxed);
     // The upstream is held to the same framing rule as clients; hyper would
     // trust Transfer-Encoding, but the pair means a confused or hostile
     // upstream.

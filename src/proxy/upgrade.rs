@@ -53,6 +53,7 @@ pub async fn h1(
     mut req: Request<Incoming>,
     client: &Client,
     route: Arc<RouteRt>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
     let protocol = req.headers().get(header::UPGRADE).cloned();
@@ -79,6 +80,7 @@ pub async fn h1(
         upstream_side,
         route.websocket_timeout,
         route.path.clone(),
+        metrics,
     );
     let (mut parts, _) = res.into_parts();
     let upgrade = parts.headers.get(header::UPGRADE).cloned();
@@ -100,6 +102,7 @@ pub async fn h2_websocket(
     mut req: Request<Incoming>,
     client: &Client,
     route: Arc<RouteRt>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
     let (mut parts, _body) = req.into_parts();
@@ -145,6 +148,7 @@ pub async fn h2_websocket(
         upstream_side,
         route.websocket_timeout,
         route.path.clone(),
+        metrics,
     );
     let mut out = Response::new(ResponseBody::empty());
     for name in [
@@ -158,8 +162,15 @@ pub async fn h2_websocket(
     Ok(out)
 }
 
-fn spawn_tunnel(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, route: String) {
+fn spawn_tunnel(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    route: String,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     tokio::spawn(async move {
+        let _open = crate::metrics::Gauge::up(&metrics.open_websockets);
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

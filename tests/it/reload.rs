@@ -217,3 +217,187 @@ async fn file_changes_and_sighup_reload_the_binary() {
         .success());
     assert_eq!(within(child.wait()).await.unwrap().code(), Some(0));
 }
+
+/// Prometheus text format: every sample line is `name{labels} value`.
+fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(
+            series.chars().next().unwrap().is_ascii_alphabetic(),
+            "{line}"
+        );
+        if let Some(open) = series.find('{') {
+            assert!(series.ends_with('}'), "{line}");
+            for pair in series[open + 1..series.len() - 1].split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                let _ = v;
+            }
+        }
+        out.insert(series.to_string(), value);
+    }
+    out
+}
+
+#[tokio::test]
+async fn metrics_health_and_the_reload_command() {
+    let a = fixed(200, "A").await;
+    let dir = tempfile::tempdir().unwrap();
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        dir.path().join("gatehouse.toml"),
+        format!(
+            "http_port = 0\nhttps_port = 0\nbind = [\"127.0.0.1\"]\nforce_https_redirect = false\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{}",
+            routes(&[("/down", &format!("http://{refused}")), ("/", &a.url())])
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .current_dir(dir.path())
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut port = 0u16;
+    loop {
+        let line = within(lines.next_line()).await.unwrap().expect("exited");
+        if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
+            port = rest.split(' ').next().unwrap().parse().unwrap();
+        }
+        if line.contains(&format!(
+            "metrics and health on http://127.0.0.1:{metrics_port}"
+        )) {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let cli = async |args: &[&str]| {
+        let out = within(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+                .args(args)
+                .current_dir(dir.path())
+                .env_clear()
+                .output(),
+        )
+        .await
+        .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // Not ready until every upstream was reached or marked down.
+    let (code, out) = cli(&["health"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("/ -> http://"), "{out}");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(
+        send(Proto::H1, addr, std::path::Path::new(""), get("/", "h"))
+            .await
+            .unwrap()
+            .text(),
+        "A"
+    );
+    assert_eq!(
+        send(
+            Proto::H1,
+            addr,
+            std::path::Path::new(""),
+            get("/down/x", "h")
+        )
+        .await
+        .unwrap()
+        .status,
+        503
+    );
+    let (code, out) = cli(&["health"]).await;
+    assert_eq!((code, out.as_str()), (0, "ready\n"));
+    let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+    let scrape = async || {
+        let res = send(
+            Proto::H1,
+            metrics_addr,
+            std::path::Path::new(""),
+            get("/metrics", "h"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(res.status, 200);
+        parse_prometheus(&res.text())
+    };
+    let m = scrape().await;
+    assert_eq!(
+        m["gatehouse_requests_total{route=\"/\",class=\"2xx\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["gatehouse_requests_total{route=\"/down\",class=\"5xx\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["gatehouse_upstream_connect_errors_total{route=\"/down\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["gatehouse_request_duration_seconds_count{route=\"/\"}"],
+        1.0
+    );
+    assert_eq!(
+        m["gatehouse_request_duration_seconds_bucket{route=\"/\",le=\"+Inf\"}"],
+        1.0
+    );
+    assert_eq!(m["gatehouse_config_generation"], 1.0);
+    assert!(m["gatehouse_certificate_expiry_timestamp_seconds{name=\"localhost\"}"] > 1.7e9);
+    assert!(m.contains_key("gatehouse_open_connections{protocol=\"websocket\"}"));
+    assert_eq!(
+        send(
+            Proto::H1,
+            metrics_addr,
+            std::path::Path::new(""),
+            get("/healthz", "h")
+        )
+        .await
+        .unwrap()
+        .text(),
+        "ok\n"
+    );
+    // `gatehouse reload` applies the configuration in the running process.
+    let (code, out) = cli(&["reload"]).await;
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "config reloaded (generation 2)\n")
+    );
+    assert_eq!(scrape().await["gatehouse_config_generation"], 2.0);
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(within(child.wait()).await.unwrap().code(), Some(0));
+}

@@ -340,6 +340,10 @@ pub fn load(
         }
     }
     text.push_str(toml);
+    // Tests run in parallel: none takes the fixed default metrics port.
+    if !toml.contains("[metrics]") {
+        text.push_str("\n[metrics]\nenabled = false\n");
+    }
     let source = Source::Text {
         name: dir.join("gatehouse.toml"),
         text,

@@ -1,0 +1,146 @@
+//! The metrics and health listener (default 127.0.0.1:9090): `/metrics`
+//! (Prometheus text), `/healthz` (process up), `/readyz` (listening, and
+//! every route's upstream reached at least once or marked down), and
+//! `POST /reload` from loopback, which `gatehouse reload` calls.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Shared;
+
+/// A request for the serving loop, which owns the server.
+pub enum Command {
+    Reload(oneshot::Sender<Result<u64, String>>),
+}
+
+/// Accepts until the task is aborted.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, commands: mpsc::Sender<Command>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (shared, commands) = (shared.clone(), commands.clone());
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(req, peer, shared.clone(), commands.clone()));
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut res = text(StatusCode::OK, render(&shared));
+            res.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            res
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            let rt = shared.runtime.load();
+            let waiting: Vec<String> = rt
+                .router
+                .iter()
+                .filter(|(_, r)| {
+                    !r.metrics.reached.load(Relaxed) && r.metrics.connect_errors.load(Relaxed) == 0
+                })
+                .map(|(p, r)| format!("{p} -> {}", r.upstream.url))
+                .collect();
+            if waiting.is_empty() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "waiting for the first contact with:\n{}\n",
+                        waiting.join("\n")
+                    ),
+                )
+            }
+        }
+        (&Method::POST, "/reload") => {
+            if !crate::policy::ip::canonical(peer.ip()).is_loopback() {
+                return Ok(text(
+                    StatusCode::FORBIDDEN,
+                    "reload is allowed from loopback only\n",
+                ));
+            }
+            let (tx, rx) = oneshot::channel();
+            if commands.send(Command::Reload(tx)).await.is_err() {
+                return Ok(text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this process cannot reload\n",
+                ));
+            }
+            match rx.await {
+                Ok(Ok(generation)) => text(
+                    StatusCode::OK,
+                    format!("config reloaded (generation {generation})\n"),
+                ),
+                Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "reload not handled\n"),
+            }
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    })
+}
+
+/// The exposition with the gauges owned by the server: configuration
+/// generation, reload failures, certificate expiry per name.
+pub fn render(shared: &Shared) -> String {
+    let mut extra = vec![
+        (
+            "gatehouse_config_generation",
+            String::new(),
+            shared.generation.load(Relaxed) as f64,
+        ),
+        (
+            "gatehouse_config_reload_failures_total",
+            String::new(),
+            shared.reload_failures.load(Relaxed) as f64,
+        ),
+    ];
+    if let Ok(info) =
+        crate::tls::inspect(&shared.certs.current(), crate::tls::CertSource::Ephemeral)
+    {
+        for san in &info.sans {
+            let name = san.split_once(':').map_or(san.as_str(), |(_, n)| n);
+            extra.push((
+                "gatehouse_certificate_expiry_timestamp_seconds",
+                format!("{{name=\"{name}\"}}"),
+                info.not_after_unix as f64,
+            ));
+        }
+    }
+    shared.metrics.render(&extra)
+}
