@@ -205,6 +205,8 @@ https_port = {https}
 bind = ["127.0.0.1"]
 workers = 1
 force_https_redirect = false
+# nginx and HAProxy run without access logs here too.
+log_format = "off"
 
 [tls]
 cert = "{cert}"

@@ -129,6 +129,11 @@ pub fn render(shared: &Shared) -> String {
             String::new(),
             shared.reload_failures.load(Relaxed) as f64,
         ),
+        (
+            "gatehouse_access_log_dropped_total",
+            String::new(),
+            crate::access_log::DROPPED.load(Relaxed) as f64,
+        ),
     ];
     if let Ok(info) =
         crate::tls::inspect(&shared.certs.current(), crate::tls::CertSource::Ephemeral)

@@ -15,9 +15,9 @@ use pin_project_lite::pin_project;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
-    /// What the proxy sends to a client.
-    #[project = ResponseProj]
-    pub enum ResponseBody {
+    /// Where the bytes of a response come from.
+    #[project = KindProj]
+    pub enum Kind {
         /// An upstream response streamed through as it arrives.
         Upstream { #[pin] body: Incoming },
         /// A page of Gatehouse's own (status page, 404, redirect).
@@ -27,15 +27,53 @@ pin_project! {
     }
 }
 
+pin_project! {
+    /// What the proxy sends to a client. When access logging is on it
+    /// carries the request's log entry, written once the body has ended
+    /// (or was abandoned), with the bytes actually sent.
+    pub struct ResponseBody {
+        #[pin]
+        kind: Kind,
+        log: Option<Box<crate::access_log::Entry>>,
+    }
+
+    impl PinnedDrop for ResponseBody {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(entry) = this.project().log.take() {
+                entry.emit();
+            }
+        }
+    }
+}
+
 impl ResponseBody {
     pub fn full(data: impl Into<Bytes>) -> Self {
-        ResponseBody::Full {
+        Self::from(Kind::Full {
             body: Full::new(data.into()),
-        }
+        })
     }
 
     pub fn empty() -> Self {
         Self::full(Bytes::new())
+    }
+
+    pub fn upstream(body: Incoming) -> Self {
+        Self::from(Kind::Upstream { body })
+    }
+
+    pub fn boxed(body: UnsyncBoxBody<Bytes, BoxError>) -> Self {
+        Self::from(Kind::Boxed { body })
+    }
+
+    /// Attaches the access-log entry written when this body ends.
+    pub fn set_log(&mut self, entry: Box<crate::access_log::Entry>) {
+        self.log = Some(entry);
+    }
+}
+
+impl From<Kind> for ResponseBody {
+    fn from(kind: Kind) -> Self {
+        ResponseBody { kind, log: None }
     }
 }
 
@@ -47,26 +85,43 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.project() {
-            ResponseProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
-            ResponseProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
-            ResponseProj::Boxed { body } => body.poll_frame(cx),
+        let this = self.project();
+        let polled = match this.kind.project() {
+            KindProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            KindProj::Boxed { body } => body.poll_frame(cx),
+        };
+        if let Some(entry) = this.log.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(d) = frame.data_ref() {
+                        entry.bytes_out += d.len() as u64;
+                    }
+                }
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                    if let Some(entry) = this.log.take() {
+                        entry.emit();
+                    }
+                }
+                Poll::Pending => {}
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ResponseBody::Upstream { body } => body.is_end_stream(),
-            ResponseBody::Full { body } => body.is_end_stream(),
-            ResponseBody::Boxed { body } => body.is_end_stream(),
+        match &self.kind {
+            Kind::Upstream { body } => body.is_end_stream(),
+            Kind::Full { body } => body.is_end_stream(),
+            Kind::Boxed { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ResponseBody::Upstream { body } => body.size_hint(),
-            ResponseBody::Full { body } => body.size_hint(),
-            ResponseBody::Boxed { body } => body.size_hint(),
+        match &self.kind {
+            Kind::Upstream { body } => body.size_hint(),
+            Kind::Full { body } => body.size_hint(),
+            Kind::Boxed { body } => body.size_hint(),
         }
     }
 }
@@ -88,15 +143,22 @@ pin_project! {
         inner: Option<Incoming>,
         seen: u64,
         limit: u64,
+        // Shared with the access-log entry when logging is on.
+        counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     }
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    pub fn new(
+        inner: Incoming,
+        limit: u64,
+        counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Self {
         UpstreamBody {
             inner: Some(inner),
             seen: 0,
             limit,
+            counter,
         }
     }
 
@@ -105,6 +167,7 @@ impl UpstreamBody {
             inner: None,
             seen: 0,
             limit: 0,
+            counter: None,
         }
     }
 }
@@ -125,6 +188,9 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     *this.seen += data.len() as u64;
+                    if let Some(c) = this.counter {
+                        c.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
                     if *this.seen > *this.limit {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
                             limit: *this.limit,

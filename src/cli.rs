@@ -61,7 +61,7 @@ pub const EXIT_CONFIG: u8 = 2;
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    match cli.command {
+    let code = match cli.command {
         None => run(&cli),
         Some(Command::Check) => check(&cli),
         Some(Command::Cert) => cert(&cli),
@@ -71,7 +71,10 @@ pub fn main() -> ExitCode {
             http_port,
             https_port,
         }) => crate::demo::main(http_port, https_port),
-    }
+    };
+    // Log lines still queued for stdout are written before the exit.
+    crate::access_log::flush(Duration::from_secs(2));
+    code
 }
 
 fn init_tracing() {
@@ -83,6 +86,7 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi)
+        .with_writer(crate::access_log::LineWriter::default)
         .init();
 }
 

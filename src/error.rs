@@ -50,7 +50,9 @@ impl ProxyError {
     }
 
     /// A short page for the client; no internals, no upstream names.
-    pub fn into_response(self) -> Response<ResponseBody> {
+    /// `request_id` is shown on the page so a user can quote it.
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let id = String::from_utf8_lossy(request_id.as_bytes());
         let status = self.status();
         let retry_after = match &self {
             // Whole seconds, rounded up (RFC 9110 §10.2.3).
@@ -61,7 +63,14 @@ impl ProxyError {
         };
         let mut res = match status {
             StatusCode::SERVICE_UNAVAILABLE => {
-                let mut res = Response::new(ResponseBody::full(STATUS_PAGE));
+                let page = STATUS_PAGE.replace(
+                    "</main>",
+                    &format!(
+                        "<p class=\"id\">Request ID: {}</p>\n</main>",
+                        html_escape(&id)
+                    ),
+                );
+                let mut res = Response::new(ResponseBody::full(page));
                 let h = res.headers_mut();
                 h.insert(
                     header::CONTENT_TYPE,
@@ -77,7 +86,7 @@ impl ProxyError {
             }
             _ => {
                 let text = format!(
-                    "{} {}\n",
+                    "{} {}\nRequest ID: {id}\n",
                     status.as_u16(),
                     status.canonical_reason().unwrap_or("Error")
                 );
@@ -103,6 +112,13 @@ impl ProxyError {
         }
         res
     }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Served with 503 whenever an upstream is down, starting or failing, like

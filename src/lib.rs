@@ -14,6 +14,7 @@
 //!   outer:   error → log once → ProxyError::into_response; security headers
 //! ```
 
+pub mod access_log;
 pub mod acme;
 pub mod admin;
 pub mod body;

@@ -22,6 +22,7 @@ pub struct File {
     pub max_upload_size_mb: Option<Spanned<i64>>,
     pub deployment_mode: Option<Spanned<String>>,
     pub grace_period: Option<Spanned<String>>,
+    pub log_format: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<Size>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub listener: Option<Listener>,

@@ -287,6 +287,21 @@ impl Builder<'_> {
         };
         let letsencrypt_dir = get(&t.letsencrypt, "certificates/letsencrypt");
         let acme = f.acme.map(|a| self.acme(a)).transpose()?;
+        let log_format = match &f.log_format {
+            None => crate::access_log::Format::Combined,
+            Some(v) => match v.get_ref().as_str() {
+                "combined" => crate::access_log::Format::Combined,
+                "json" => crate::access_log::Format::Json,
+                "off" => crate::access_log::Format::Off,
+                _ => {
+                    return Err(self.err(
+                        v.span(),
+                        "log_format",
+                        "expected \"json\", \"combined\" or \"off\"",
+                    ))
+                }
+            },
+        };
         let m = f.metrics.unwrap_or_default();
         let metrics = match (m.enabled.unwrap_or(true), &m.listen) {
             (false, _) => None,
@@ -330,6 +345,7 @@ impl Builder<'_> {
             force_https_redirect: f.force_https_redirect.unwrap_or(true),
             deployment_mode,
             grace_period,
+            log_format,
             max_header_bytes,
             trusted_proxies,
             listener,

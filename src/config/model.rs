@@ -26,6 +26,7 @@ pub struct Config {
     pub force_https_redirect: bool,
     pub deployment_mode: Option<String>,
     pub grace_period: Duration,
+    pub log_format: crate::access_log::Format,
     pub max_header_bytes: usize,
     /// Peers whose `X-Forwarded-*` and PROXY headers are believed.
     pub trusted_proxies: Vec<Cidr>,

@@ -197,9 +197,7 @@ where
     S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
 {
     let body = StreamBody::new(stream.map_ok(Frame::data).map_err(Into::into));
-    ResponseBody::Boxed {
-        body: body.boxed_unsync(),
-    }
+    ResponseBody::boxed(body.boxed_unsync())
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ use crate::error::ProxyError;
 use crate::runtime::{RouteRt, Runtime};
 use crate::Shared;
 
+pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// The reserved path of RFC 8555 §8.3 (HTTP-01 challenges).
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
@@ -79,6 +81,11 @@ pub struct Client {
     pub https: bool,
     /// `X-Forwarded-Host` believed from a trusted proxy.
     pub forwarded_host: Option<HeaderValue>,
+    /// From a trusted peer's `X-Request-Id`, else generated; sent upstream,
+    /// returned to the client, logged, shown on error pages.
+    pub request_id: HeaderValue,
+    /// Request body bytes forwarded, for the access log (when it is on).
+    pub bytes_in: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Client {
@@ -88,7 +95,9 @@ impl Client {
         conn: &Conn,
         headers: &http::HeaderMap,
         trusted: &[crate::policy::ip::Cidr],
+        logging: bool,
     ) -> Client {
+        let bytes_in = logging.then(Arc::default);
         if !conn.trusted {
             return Client {
                 ip: conn.ip,
@@ -96,8 +105,11 @@ impl Client {
                 proto: conn.proto.clone(),
                 https: conn.tls,
                 forwarded_host: None,
+                request_id: crate::access_log::request_id(None),
+                bytes_in,
             };
         }
+        let request_id = crate::access_log::request_id(headers.get(&X_REQUEST_ID));
         let ip = crate::policy::client_ip::resolve(conn.ip, trusted, headers);
         let ip_header = if ip == conn.ip {
             conn.client_ip.clone()
@@ -125,6 +137,8 @@ impl Client {
             proto,
             https,
             forwarded_host,
+            request_id,
+            bytes_in,
         }
     }
 }
@@ -142,7 +156,18 @@ pub async fn handle(
     let method = req.method().clone();
     // Cheap clones (reference-counted bytes), kept for the failure log line.
     let uri = req.uri().clone();
-    let client = Client::of(&conn, req.headers(), &rt.config.trusted_proxies);
+    let log_format = rt.config.log_format;
+    let logging = log_format != crate::access_log::Format::Off;
+    let client = Client::of(&conn, req.headers(), &rt.config.trusted_proxies, logging);
+    let version = req.version();
+    let (referer, user_agent) = if logging {
+        (
+            req.headers().get(header::REFERER).cloned(),
+            req.headers().get(header::USER_AGENT).cloned(),
+        )
+    } else {
+        (None, None)
+    };
     let started = std::time::Instant::now();
     let mut chosen = None;
     let mut res = match inner(req, &conn, &client, &rt, &shared, &mut chosen).await {
@@ -173,14 +198,39 @@ pub async fn handle(
                     tracing::debug!(client = %client.ip, %method, path = uri.path(), cause = %ErrorChain(&error), "request refused")
                 }
             }
-            error.into_response()
+            error.into_response(&client.request_id)
         }
     };
     rt.headers.apply(res.headers_mut(), conn.tls);
+    res.headers_mut()
+        .insert(&X_REQUEST_ID, client.request_id.clone());
     let status = res.status().as_u16();
+    let head_time = started.elapsed();
     match &chosen {
-        Some(route) => route.metrics.observe(status, started.elapsed()),
-        None => shared.metrics.unrouted.observe(status, started.elapsed()),
+        Some(route) => route.metrics.observe(status, head_time),
+        None => shared.metrics.unrouted.observe(status, head_time),
+    }
+    if logging {
+        res.body_mut().set_log(Box::new(crate::access_log::Entry {
+            format: log_format,
+            time: std::time::SystemTime::now() - head_time,
+            started,
+            client: client.ip,
+            method,
+            uri,
+            version,
+            status,
+            route: chosen.as_ref().map(|r| r.path.clone()),
+            upstream: chosen.as_ref().map(|r| r.upstream.authority.to_string()),
+            // Time to the response head: for a proxied request, the
+            // upstream's answer time plus negligible local work.
+            upstream_time: chosen.as_ref().map(|_| head_time),
+            request_id: client.request_id.clone(),
+            referer,
+            user_agent,
+            bytes_in: client.bytes_in.clone().unwrap_or_default(),
+            bytes_out: 0,
+        }));
     }
     Ok(res)
 }
@@ -338,7 +388,12 @@ pub fn prepare_upstream(
     client: &Client,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let limit = route.max_body;
-    prepare_upstream_with(req.map(|b| UpstreamBody::new(b, limit)), route, client)
+    let counter = client.bytes_in.clone();
+    prepare_upstream_with(
+        req.map(|b| UpstreamBody::new(b, limit, counter)),
+        route,
+        client,
+    )
 }
 
 /// [`prepare_upstream`] for any body type.
@@ -389,6 +444,7 @@ pub fn prepare_upstream_with<B>(
             https: client.https,
         },
     );
+    h.insert(&X_REQUEST_ID, client.request_id.clone());
     Ok(Request::from_parts(parts, body))
 }
 
@@ -452,7 +508,7 @@ pub fn finish_response(
             forwarded::rewrite_location(&mut parts.headers, host.as_bytes());
         }
     }
-    let res = Response::from_parts(parts, ResponseBody::Upstream { body });
+    let res = Response::from_parts(parts, ResponseBody::upstream(body));
     match encoding {
         Some(enc) if compress::should_compress(method, res.status(), res.headers()) => {
             compress::compress(res, enc)
@@ -557,7 +613,7 @@ async fn serve_challenge(
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             res
         }
-        None => ProxyError::NoRoute.into_response(),
+        None => ProxyError::NoRoute.into_response(&HeaderValue::from_static("-")),
     };
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

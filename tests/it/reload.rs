@@ -401,3 +401,111 @@ async fn metrics_health_and_the_reload_command() {
         .success());
     assert_eq!(within(child.wait()).await.unwrap().code(), Some(0));
 }
+
+/// Issue 5 point 2: JSON access log lines, request ids, and a stdout that
+/// nobody reads never stalls requests.
+#[tokio::test]
+async fn access_log_and_request_ids() {
+    let up = echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let refused = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(
+        dir.path().join("gatehouse.toml"),
+        format!(
+            "http_port = 0\nhttps_port = 0\nbind = [\"127.0.0.1\"]\nforce_https_redirect = false\nlog_format = \"json\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n[metrics]\nenabled = false\n\n{}",
+            routes(&[("/down", &format!("http://{refused}")), ("/", &up.url())])
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .current_dir(dir.path())
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port: u16 = loop {
+        let line = within(lines.next_line()).await.unwrap().expect("exited");
+        if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
+            break rest.split(' ').next().unwrap().parse().unwrap();
+        }
+    };
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // From a trusted peer, an incoming id is kept and sent upstream.
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/api/x?q=1")
+        .header("host", "h")
+        .header("x-request-id", "trace-abc-123")
+        .header("user-agent", "gatehouse-test")
+        .body(full("hello"))
+        .unwrap();
+    let res = send(Proto::H1, addr, std::path::Path::new(""), req)
+        .await
+        .unwrap();
+    assert_eq!(res.header("x-request-id"), Some("trace-abc-123"));
+    assert_eq!(res.seen().header("x-request-id"), Some("trace-abc-123"));
+    // A failure: the id is on the page and in the header.
+    let res = send(
+        Proto::H1,
+        addr,
+        std::path::Path::new(""),
+        get("/down/y", "h"),
+    )
+    .await
+    .unwrap();
+    let id = res.header("x-request-id").unwrap().to_string();
+    assert_eq!(id.len(), 16, "generated: {id}");
+    assert!(
+        res.text().contains(&format!("Request ID: {id}")),
+        "{}",
+        res.text()
+    );
+    // The two log lines, as JSON.
+    let mut logged = Vec::new();
+    while logged.len() < 2 {
+        let line = within(lines.next_line()).await.unwrap().expect("exited");
+        if line.starts_with('{') {
+            logged.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+        }
+    }
+    let ok = logged
+        .iter()
+        .find(|v| v["request_id"] == "trace-abc-123")
+        .expect("first request logged");
+    assert_eq!(ok["method"], "POST");
+    assert_eq!(ok["path"], "/api/x?q=1");
+    assert_eq!(ok["protocol"], "HTTP/1.1");
+    assert_eq!(ok["status"], 200);
+    assert_eq!(ok["client"], "127.0.0.1");
+    assert_eq!(ok["bytes_in"], 5);
+    assert!(ok["bytes_out"].as_u64().unwrap() > 100);
+    assert_eq!(ok["route"], "/");
+    assert_eq!(ok["upstream"], up.addr.to_string());
+    assert_eq!(ok["user_agent"], "gatehouse-test");
+    let failed = logged
+        .iter()
+        .find(|v| v["request_id"] == id.as_str())
+        .expect("failure logged");
+    assert_eq!(failed["status"], 503);
+    assert_eq!(failed["route"], "/down");
+    // Nobody reads stdout any more: the pipe fills, requests go on.
+    for i in 0..3000 {
+        let res = send(Proto::H1, addr, std::path::Path::new(""), get("/fill", "h"))
+            .await
+            .unwrap();
+        assert_eq!(res.status, 200, "request {i}");
+    }
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-s", "TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    drop(lines);
+    assert_eq!(within(child.wait()).await.unwrap().code(), Some(0));
+}

@@ -334,6 +334,8 @@ pub fn load(
         ("http_port", "0"),
         ("https_port", "0"),
         ("bind", "[\"127.0.0.1\"]"),
+        // The access log would flood the test output: off unless asked for.
+        ("log_format", "\"off\""),
     ] {
         if !toml.lines().any(|l| l.trim_start().starts_with(key)) {
             text.push_str(&format!("{key} = {default}\n"));
