@@ -23,6 +23,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod framing;
+mod io;
 pub mod listen;
 pub mod metrics;
 pub mod policy;
