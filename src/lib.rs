@@ -2,16 +2,21 @@
 //! the nginx container in front of apps such as AliasVault.
 //!
 //! ```text
-//! accept ─► TLS (ALPN h2 | http/1.1) ─► hyper connection ─► proxy::handle
-//! handle():  rt = runtime snapshot (one per request)
-//!   inner(): plain HTTP: ACME challenge file | 301 to HTTPS
-//!            route = rt.router.route(path)              → 404
+//! accept ─► limits (total, per address) ─► PROXY header (trusted peers)
+//!        ─► TLS (ALPN h2 | http/1.1 | acme-tls/1) ─► hyper ─► proxy::handle
+//! handle():  rt = runtime snapshot (one per request); client = Client::of
+//!            (trusted X-Forwarded-For walk, request id)
+//!   inner(): ambiguous HTTP/1 framing (framing.rs)     → 400
+//!            plain HTTP: ACME challenge | 301 to HTTPS
+//!            select_route (longest prefix, allow/deny, fall-through) → 404 | 403
+//!            admit_rate (per-address limiter)           → 429
 //!            admit_body (Content-Length over max_body)  → 413
 //!            upgrade::h1 | upgrade::h2_websocket        (tunnels own their state)
-//!            prepare_upstream (Host, hop-by-hop, X-Forwarded-*)
+//!            prepare_upstream (Host, hop-by-hop, X-Forwarded-*, X-Request-Id)
 //!            send (pooled client, timeout)              → 503 status page
 //!            finish_response (hop-by-hop, Location, compression)
-//!   outer:   error → log once → ProxyError::into_response; security headers
+//!   outer:   error → log once → ProxyError::into_response; security headers;
+//!            metrics; access-log entry written when the body ends
 //! ```
 
 pub mod access_log;
