@@ -538,7 +538,18 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
                 );
             }
         }
-        let _ = writeln!(out, "  {path} -> {} ({extras})", r.upstream.url);
+        let target = match cfg.routes.iter().find(|c| &c.path == path) {
+            Some(c) if c.servers.len() > 1 => {
+                let urls: Vec<&str> = c.servers.iter().map(|s| s.url.as_str()).collect();
+                let rule = match c.balance {
+                    config::model::Balance::RoundRobin => "round robin",
+                    config::model::Balance::LeastOutstanding => "least outstanding",
+                };
+                format!("[{}] ({rule})", urls.join(", "))
+            }
+            _ => r.upstream.url.clone(),
+        };
+        let _ = writeln!(out, "  {path} -> {target} ({extras})");
     }
     let cert = match plan {
         tls::Plan::Use(l) => l.info.to_string(),

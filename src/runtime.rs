@@ -30,6 +30,21 @@ pub struct RouteRt {
     /// `None` when the route has no rate limit (the default).
     pub limiter: Option<Limiter>,
     pub metrics: Arc<crate::metrics::RouteMetrics>,
+    /// Every server; one for most routes.
+    pub servers: Vec<ServerRt>,
+    pub balance: crate::config::model::Balance,
+    /// Round-robin position.
+    pub next: std::sync::atomic::AtomicUsize,
+}
+
+/// One server of a route, with the state balancing needs.
+pub struct ServerRt {
+    pub authority: http::uri::Authority,
+    /// Requests sent and not yet answered.
+    pub outstanding: std::sync::atomic::AtomicUsize,
+    /// Marked down until this time (`rate_limit::now_nanos`), after a
+    /// failure: nginx's `max_fails=1 fail_timeout=5s`, as AliasVault uses.
+    pub down_until: std::sync::atomic::AtomicU64,
 }
 
 pub struct Runtime {
@@ -66,6 +81,17 @@ impl Runtime {
                     access: r.access.clone(),
                     limiter: r.rate_limit.map(Limiter::new),
                     metrics: metrics.route(&r.path),
+                    servers: r
+                        .servers
+                        .iter()
+                        .map(|s| ServerRt {
+                            authority: s.authority.clone(),
+                            outstanding: Default::default(),
+                            down_until: Default::default(),
+                        })
+                        .collect(),
+                    balance: r.balance,
+                    next: Default::default(),
                 };
                 (r.path.clone(), Arc::new(rt))
             })

@@ -96,7 +96,8 @@ pub struct Headers {
 #[serde(deny_unknown_fields)]
 pub struct Route {
     pub path: Spanned<String>,
-    pub upstream: Spanned<String>,
+    pub upstream: Spanned<UpstreamSpec>,
+    pub balance: Option<Spanned<String>>,
     pub forwarded_prefix: Option<Spanned<String>>,
     pub websocket_timeout: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
@@ -115,6 +116,14 @@ pub struct Route {
 pub struct RateLimit {
     pub per_second: f64,
     pub burst: i64,
+}
+
+/// `upstream = "http://a:1"` or `upstream = ["http://a:1", "http://b:1"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum UpstreamSpec {
+    One(String),
+    Many(Vec<String>),
 }
 
 /// A byte size: a bare integer of bytes, or a string such as `"100M"`,

@@ -539,8 +539,33 @@ impl Builder<'_> {
                 "a route path starts with '/' and has no query",
             ));
         }
-        let upstream = parse_upstream(r.upstream.get_ref())
+        let urls: Vec<&str> = match r.upstream.get_ref() {
+            file::UpstreamSpec::One(u) => vec![u.as_str()],
+            file::UpstreamSpec::Many(list) => list.iter().map(String::as_str).collect(),
+        };
+        if urls.is_empty() {
+            return Err(self.err(r.upstream.span(), "upstream", "needs at least one server"));
+        }
+        let servers = urls
+            .iter()
+            .map(|u| parse_upstream(u))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|m| self.err(r.upstream.span(), "upstream", m))?;
+        let upstream = servers[0].clone();
+        let balance = match &r.balance {
+            None => model::Balance::RoundRobin,
+            Some(v) => match v.get_ref().as_str() {
+                "round_robin" => model::Balance::RoundRobin,
+                "least_outstanding" => model::Balance::LeastOutstanding,
+                _ => {
+                    return Err(self.err(
+                        v.span(),
+                        "balance",
+                        "expected \"round_robin\" or \"least_outstanding\"",
+                    ))
+                }
+            },
+        };
         let forwarded_prefix =
             match &r.forwarded_prefix {
                 Some(v) => Some(HeaderValue::from_str(v.get_ref()).map_err(|_| {
@@ -622,6 +647,8 @@ impl Builder<'_> {
         Ok(Route {
             path: path.clone(),
             upstream,
+            servers,
+            balance,
             forwarded_prefix,
             websocket_timeout: opt_dur(
                 &r.websocket_timeout,

@@ -141,6 +141,14 @@ pub struct HeaderRules {
     pub remove: Vec<HeaderName>,
 }
 
+/// How a route with several servers picks one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastOutstanding,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardedFor {
     /// `X-Forwarded-For` = the client address only (AliasVault #2325).
@@ -152,7 +160,11 @@ pub enum ForwardedFor {
 #[derive(Debug, Clone)]
 pub struct Route {
     pub path: String,
+    /// The first server; what logs and `check` name the route by.
     pub upstream: Upstream,
+    /// Every server of the route (the first included), in file order.
+    pub servers: Vec<Upstream>,
+    pub balance: Balance,
     pub forwarded_prefix: Option<HeaderValue>,
     pub websocket_timeout: Duration,
     pub timeout: Duration,

@@ -455,6 +455,122 @@ pub async fn send(
     route: &RouteRt,
     req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
+    if route.servers.len() < 2 {
+        return send_once(route, req).await;
+    }
+    // Several servers: pick one, mark a failed one down for a while, and
+    // try another when connecting failed and the request is safe to send
+    // again (idempotent, no body: RFC 9110 §9.2.2).
+    let retryable =
+        is_idempotent(req.method()) && http_body::Body::size_hint(req.body()).exact() == Some(0);
+    let saved = retryable.then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+    });
+    let n = route.servers.len().min(64);
+    let mut tried = 0u64;
+    let mut next = Some(req);
+    loop {
+        let idx = pick(route, tried);
+        tried |= 1 << idx;
+        let server = &route.servers[idx];
+        let mut req = match next.take() {
+            Some(r) => r,
+            None => {
+                let (method, uri, headers) = saved
+                    .clone()
+                    .expect("invariant: only retryable requests are sent again");
+                let mut r = Request::new(UpstreamBody::empty());
+                *r.method_mut() = method;
+                *r.uri_mut() = uri;
+                *r.headers_mut() = headers;
+                r
+            }
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.authority = Some(server.authority.clone());
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        let result = {
+            let _busy = Outstanding::new(&server.outstanding);
+            send_once(route, req).await
+        };
+        match result {
+            Err(
+                e @ (ProxyError::UpstreamConnect(_)
+                | ProxyError::UpstreamTimeout(_)
+                | ProxyError::UpstreamProtocol(_)),
+            ) => {
+                let until = crate::policy::rate_limit::now_nanos() + FAIL_TIMEOUT.as_nanos() as u64;
+                server.down_until.store(until, Relaxed);
+                let untried = (0..n).any(|i| tried & (1 << i) == 0);
+                if matches!(e, ProxyError::UpstreamConnect(_)) && retryable && untried {
+                    tracing::warn!(route = route.path, upstream = %server.authority, "connecting failed; trying the next server");
+                    continue;
+                }
+                return Err(e);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// How long a failed server is skipped (nginx's `fail_timeout=5s`).
+pub const FAIL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// Counts a request as outstanding on its server until dropped.
+struct Outstanding<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Outstanding<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicUsize) -> Self {
+        c.fetch_add(1, Relaxed);
+        Outstanding(c)
+    }
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// The server for the next attempt: among those not tried yet, the ones
+/// not marked down (all of them if every one is down), by the route's
+/// balancing rule.
+fn pick(route: &RouteRt, tried: u64) -> usize {
+    let n = route.servers.len().min(64);
+    let now = crate::policy::rate_limit::now_nanos();
+    let untried = |i: usize| tried & (1 << i) == 0;
+    let up = |i: usize| route.servers[i].down_until.load(Relaxed) <= now;
+    let any_up = (0..n).any(|i| untried(i) && up(i));
+    let ok = |i: usize| untried(i) && (up(i) || !any_up);
+    let start = route.next.fetch_add(1, Relaxed);
+    let order = (0..n).map(|k| (start + k) % n).filter(|&i| ok(i));
+    match route.balance {
+        crate::config::model::Balance::RoundRobin => order.into_iter().next(),
+        crate::config::model::Balance::LeastOutstanding => {
+            order.min_by_key(|&i| route.servers[i].outstanding.load(Relaxed))
+        }
+    }
+    .unwrap_or(0)
+}
+
+/// One attempt on the server the request's URI names.
+async fn send_once(
+    route: &RouteRt,
+    req: Request<UpstreamBody>,
+) -> Result<Response<Incoming>, ProxyError> {
     let res = match tokio::time::timeout(route.timeout, route.client.request(req)).await {
         Err(_) => return Err(ProxyError::UpstreamTimeout(route.timeout)),
         Ok(Err(e)) => {

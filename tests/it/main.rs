@@ -5,6 +5,7 @@ mod support;
 
 mod acme;
 mod attacks;
+mod balance;
 mod certs;
 mod cli;
 mod compression;
