@@ -72,7 +72,11 @@ async fn answer(
                 .router
                 .iter()
                 .filter(|(_, r)| {
-                    !r.metrics.reached.load(Relaxed) && r.metrics.connect_errors.load(Relaxed) == 0
+                    // Reached, or marked down (a connect error or a failed
+                    // health check): either way its state is known.
+                    !r.metrics.reached.load(Relaxed)
+                        && r.metrics.connect_errors.load(Relaxed) == 0
+                        && r.servers.iter().all(|s| s.healthy.load(Relaxed))
                 })
                 .map(|(p, r)| format!("{p} -> {}", r.upstream.url))
                 .collect();

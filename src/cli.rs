@@ -545,7 +545,16 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
                     config::model::Balance::RoundRobin => "round robin",
                     config::model::Balance::LeastOutstanding => "least outstanding",
                 };
-                format!("[{}] ({rule})", urls.join(", "))
+                let health = c.health_check.as_ref().map_or_else(String::new, |h| {
+                    format!(
+                        ", health check {} every {} (out after {}, back after {})",
+                        h.path,
+                        human_duration(h.interval),
+                        h.unhealthy,
+                        h.healthy
+                    )
+                });
+                format!("[{}] ({rule}{health})", urls.join(", "))
             }
             _ => r.upstream.url.clone(),
         };

@@ -33,6 +33,7 @@ pub struct RouteRt {
     /// Every server; one for most routes.
     pub servers: Vec<ServerRt>,
     pub balance: crate::config::model::Balance,
+    pub health_check: Option<crate::config::model::HealthCheck>,
     /// Round-robin position.
     pub next: std::sync::atomic::AtomicUsize,
 }
@@ -45,6 +46,8 @@ pub struct ServerRt {
     /// Marked down until this time (`rate_limit::now_nanos`), after a
     /// failure: nginx's `max_fails=1 fail_timeout=5s`, as AliasVault uses.
     pub down_until: std::sync::atomic::AtomicU64,
+    /// False while active health checks say the server is out.
+    pub healthy: std::sync::atomic::AtomicBool,
 }
 
 pub struct Runtime {
@@ -88,9 +91,11 @@ impl Runtime {
                             authority: s.authority.clone(),
                             outstanding: Default::default(),
                             down_until: Default::default(),
+                            healthy: std::sync::atomic::AtomicBool::new(true),
                         })
                         .collect(),
                     balance: r.balance,
+                    health_check: r.health_check.clone(),
                     next: Default::default(),
                 };
                 (r.path.clone(), Arc::new(rt))
@@ -126,5 +131,50 @@ impl Access {
             return Err(self.on_deny);
         }
         Ok(())
+    }
+}
+
+/// Active health checks of one route's servers, for as long as its
+/// runtime serves (the task is replaced on reload). `GET path` on each
+/// server every interval; 2xx and 3xx are good.
+pub async fn check_health(route: Arc<RouteRt>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(hc) = route.health_check.clone() else {
+        return;
+    };
+    let mut streaks = vec![(0u32, 0u32); route.servers.len()];
+    let mut tick = tokio::time::interval(hc.interval);
+    loop {
+        tick.tick().await;
+        for (i, server) in route.servers.iter().enumerate() {
+            let uri = format!("http://{}{}", server.authority, hc.path);
+            let Ok(req) = http::Request::get(uri)
+                .header(http::header::HOST, server.authority.as_str())
+                .body(crate::body::UpstreamBody::empty())
+            else {
+                continue;
+            };
+            let limit = hc.interval.min(route.timeout);
+            let good = matches!(
+                tokio::time::timeout(limit, route.client.request(req)).await,
+                Ok(Ok(res)) if res.status().is_success() || res.status().is_redirection()
+            );
+            let (ok, bad) = &mut streaks[i];
+            if good {
+                *ok += 1;
+                *bad = 0;
+                if !server.healthy.load(Relaxed) && *ok >= hc.healthy {
+                    server.healthy.store(true, Relaxed);
+                    tracing::info!(route = route.path, upstream = %server.authority, "health check passed: server back in service");
+                }
+            } else {
+                *bad += 1;
+                *ok = 0;
+                if server.healthy.load(Relaxed) && *bad >= hc.unhealthy {
+                    server.healthy.store(false, Relaxed);
+                    tracing::warn!(route = route.path, upstream = %server.authority, "health check failed: server taken out of service");
+                }
+            }
+        }
     }
 }

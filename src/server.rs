@@ -246,6 +246,7 @@ impl Server {
             admin_commands: Some(rx),
         };
         server.serve(bound);
+        server.spawn_health_checks();
         Ok(server)
     }
 
@@ -351,6 +352,7 @@ impl Server {
             &self.shared.metrics,
         );
         self.shared.runtime.store(Arc::new(runtime));
+        self.spawn_health_checks();
         let generation = self
             .shared
             .generation
@@ -358,6 +360,18 @@ impl Server {
             + 1;
         tracing::info!("config reloaded (generation {generation})");
         Ok(generation)
+    }
+
+    /// One health-check task per route that asks for them, on the current
+    /// runtime; they join the background set replaced on reload.
+    fn spawn_health_checks(&mut self) {
+        let rt = self.shared.runtime.load_full();
+        for (_, route) in rt.router.iter() {
+            if route.health_check.is_some() {
+                self.background
+                    .spawn(crate::runtime::check_health(route.clone()));
+            }
+        }
     }
 
     /// The requests of the admin listener (`POST /reload`), for the loop

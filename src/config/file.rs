@@ -98,6 +98,7 @@ pub struct Route {
     pub path: Spanned<String>,
     pub upstream: Spanned<UpstreamSpec>,
     pub balance: Option<Spanned<String>>,
+    pub health_check: Option<Spanned<HealthCheck>>,
     pub forwarded_prefix: Option<Spanned<String>>,
     pub websocket_timeout: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
@@ -116,6 +117,16 @@ pub struct Route {
 pub struct RateLimit {
     pub per_second: f64,
     pub burst: i64,
+}
+
+/// Active health checks of a route's servers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Option<String>,
+    pub healthy: Option<i64>,
+    pub unhealthy: Option<i64>,
 }
 
 /// `upstream = "http://a:1"` or `upstream = ["http://a:1", "http://b:1"]`.

@@ -552,6 +552,38 @@ impl Builder<'_> {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| self.err(r.upstream.span(), "upstream", m))?;
         let upstream = servers[0].clone();
+        let health_check = match &r.health_check {
+            None => None,
+            Some(v) => {
+                let h = v.get_ref();
+                let bad = |m: &str| self.err(v.span(), "health_check", m.to_string());
+                let path = h
+                    .path
+                    .parse::<http::uri::PathAndQuery>()
+                    .ok()
+                    .filter(|p| p.as_str().starts_with('/'))
+                    .ok_or_else(|| bad("path must start with '/'"))?;
+                let interval = match &h.interval {
+                    Some(i) => parse_duration(i).map_err(|m| bad(&m))?,
+                    None => Duration::from_secs(5),
+                };
+                if interval < Duration::from_millis(50) {
+                    return Err(bad("interval must be at least 50ms"));
+                }
+                let count = |v: Option<i64>| {
+                    u32::try_from(v.unwrap_or(2))
+                        .ok()
+                        .filter(|n| (1..=100).contains(n))
+                        .ok_or_else(|| bad("healthy and unhealthy are counts from 1 to 100"))
+                };
+                Some(model::HealthCheck {
+                    path,
+                    interval,
+                    healthy: count(h.healthy)?,
+                    unhealthy: count(h.unhealthy)?,
+                })
+            }
+        };
         let balance = match &r.balance {
             None => model::Balance::RoundRobin,
             Some(v) => match v.get_ref().as_str() {
@@ -649,6 +681,7 @@ impl Builder<'_> {
             upstream,
             servers,
             balance,
+            health_check,
             forwarded_prefix,
             websocket_timeout: opt_dur(
                 &r.websocket_timeout,

@@ -141,6 +141,16 @@ pub struct HeaderRules {
     pub remove: Vec<HeaderName>,
 }
 
+/// `GET path` on every server each `interval`; a server is out after
+/// `unhealthy` failed checks in a row and back after `healthy` good ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: http::uri::PathAndQuery,
+    pub interval: Duration,
+    pub healthy: u32,
+    pub unhealthy: u32,
+}
+
 /// How a route with several servers picks one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
@@ -165,6 +175,7 @@ pub struct Route {
     /// Every server of the route (the first included), in file order.
     pub servers: Vec<Upstream>,
     pub balance: Balance,
+    pub health_check: Option<HealthCheck>,
     pub forwarded_prefix: Option<HeaderValue>,
     pub websocket_timeout: Duration,
     pub timeout: Duration,

@@ -552,7 +552,10 @@ fn pick(route: &RouteRt, tried: u64) -> usize {
     let n = route.servers.len().min(64);
     let now = crate::policy::rate_limit::now_nanos();
     let untried = |i: usize| tried & (1 << i) == 0;
-    let up = |i: usize| route.servers[i].down_until.load(Relaxed) <= now;
+    let up = |i: usize| {
+        let s = &route.servers[i];
+        s.down_until.load(Relaxed) <= now && s.healthy.load(Relaxed)
+    };
     let any_up = (0..n).any(|i| untried(i) && up(i));
     let ok = |i: usize| untried(i) && (up(i) || !any_up);
     let start = route.next.fetch_add(1, Relaxed);

@@ -111,3 +111,66 @@ async fn least_outstanding_avoids_the_busy_server() {
     assert_eq!(within(second).await.unwrap().unwrap().text(), second_server);
     px.stop().await;
 }
+
+#[tokio::test]
+async fn active_health_checks_take_a_server_out_and_back() {
+    use std::sync::atomic::AtomicBool;
+    let a = upstream(|req: Request<hyper::body::Incoming>| async move {
+        let body = if req.uri().path() == "/health" {
+            "ok"
+        } else {
+            "A"
+        };
+        http::Response::new(full(body))
+    })
+    .await;
+    let b_ok = Arc::new(AtomicBool::new(false));
+    let flag = b_ok.clone();
+    let b = upstream(move |req: Request<hyper::body::Incoming>| {
+        let healthy = flag.load(Ordering::SeqCst);
+        async move {
+            if req.uri().path() == "/health" {
+                let mut res = http::Response::new(full("no"));
+                if !healthy {
+                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                return res;
+            }
+            http::Response::new(full("B"))
+        }
+    })
+    .await;
+    let px = Proxy::start(&route_with(
+        &[a.url(), b.url()],
+        "health_check = { path = \"/health\", interval = \"100ms\", healthy = 1, unhealthy = 1 }",
+    ))
+    .await;
+    // B fails its checks: it is taken out, every request goes to A.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+    let mut streak = 0;
+    while streak < 6 {
+        assert!(tokio::time::Instant::now() < deadline, "B never taken out");
+        streak = if px.get("/").await.text() == "A" {
+            streak + 1
+        } else {
+            0
+        };
+        if streak == 0 {
+            tick.tick().await;
+        }
+    }
+    // B recovers: it is back in the rotation.
+    b_ok.store(true, Ordering::SeqCst);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline + LIMIT,
+            "B never back"
+        );
+        if px.get("/").await.text() == "B" {
+            break;
+        }
+        tick.tick().await;
+    }
+    px.stop().await;
+}
