@@ -30,6 +30,9 @@ pub struct File {
     pub acme: Option<Acme>,
     pub metrics: Option<Metrics>,
     pub headers: Option<Headers>,
+    /// Named server groups a route can use as `upstream = "NAME"`.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamGroup>,
     #[serde(default)]
     pub route: Vec<Route>,
 }
@@ -117,6 +120,15 @@ pub struct Route {
 pub struct RateLimit {
     pub per_second: f64,
     pub burst: i64,
+}
+
+/// `[upstreams.NAME]`: servers and how to use them, shared by routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamGroup {
+    pub servers: Spanned<Vec<String>>,
+    pub balance: Option<Spanned<String>>,
+    pub health_check: Option<Spanned<HealthCheck>>,
 }
 
 /// Active health checks of a route's servers.

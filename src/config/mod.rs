@@ -324,7 +324,7 @@ impl Builder<'_> {
         let listener = self.listener(f.listener.unwrap_or_default())?;
         let mut routes: Vec<Route> = Vec::new();
         for r in &f.route {
-            let route = self.route(r, max_upload)?;
+            let route = self.route(r, max_upload, &f.upstreams)?;
             if routes.iter().any(|x| x.path == route.path) {
                 return Err(self.err(
                     r.path.span(),
@@ -530,7 +530,35 @@ impl Builder<'_> {
         Ok(rules)
     }
 
-    fn route(&self, r: &file::Route, default_max_body: u64) -> Result<Route, ConfigError> {
+    fn route(
+        &self,
+        r: &file::Route,
+        default_max_body: u64,
+        groups: &std::collections::BTreeMap<String, file::UpstreamGroup>,
+    ) -> Result<Route, ConfigError> {
+        // `upstream = "NAME"` names an `[upstreams.NAME]` group, whose
+        // balance and health check apply unless the route sets its own.
+        let group = match r.upstream.get_ref() {
+            file::UpstreamSpec::One(u) if !u.contains([':', '/']) => {
+                Some(groups.get(u.as_str()).ok_or_else(|| {
+                    self.err(
+                        r.upstream.span(),
+                        "upstream",
+                        format!("no [upstreams.{u}] table and not an http:// URL"),
+                    )
+                })?)
+            }
+            _ => None,
+        };
+        let balance_spec = r
+            .balance
+            .as_ref()
+            .or(group.and_then(|g| g.balance.as_ref()));
+        let health_spec = r
+            .health_check
+            .as_ref()
+            .or(group.and_then(|g| g.health_check.as_ref()));
+        let servers_span = group.map_or(r.upstream.span(), |g| g.servers.span());
         let path = r.path.get_ref();
         if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
             return Err(self.err(
@@ -539,20 +567,25 @@ impl Builder<'_> {
                 "a route path starts with '/' and has no query",
             ));
         }
-        let urls: Vec<&str> = match r.upstream.get_ref() {
-            file::UpstreamSpec::One(u) => vec![u.as_str()],
-            file::UpstreamSpec::Many(list) => list.iter().map(String::as_str).collect(),
+        let urls: Vec<&str> = match (group, r.upstream.get_ref()) {
+            (Some(g), _) => g.servers.get_ref().iter().map(String::as_str).collect(),
+            (None, file::UpstreamSpec::One(u)) => vec![u.as_str()],
+            (None, file::UpstreamSpec::Many(list)) => list.iter().map(String::as_str).collect(),
         };
         if urls.is_empty() {
-            return Err(self.err(r.upstream.span(), "upstream", "needs at least one server"));
+            return Err(self.err(
+                servers_span.clone(),
+                "upstream",
+                "needs at least one server",
+            ));
         }
         let servers = urls
             .iter()
             .map(|u| parse_upstream(u))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|m| self.err(r.upstream.span(), "upstream", m))?;
+            .map_err(|m| self.err(servers_span.clone(), "upstream", m))?;
         let upstream = servers[0].clone();
-        let health_check = match &r.health_check {
+        let health_check = match health_spec {
             None => None,
             Some(v) => {
                 let h = v.get_ref();
@@ -584,7 +617,7 @@ impl Builder<'_> {
                 })
             }
         };
-        let balance = match &r.balance {
+        let balance = match balance_spec {
             None => model::Balance::RoundRobin,
             Some(v) => match v.get_ref().as_str() {
                 "round_robin" => model::Balance::RoundRobin,

@@ -174,3 +174,20 @@ async fn active_health_checks_take_a_server_out_and_back() {
     }
     px.stop().await;
 }
+
+#[tokio::test]
+async fn named_upstream_groups() {
+    let (a, b) = (fixed(200, "A").await, fixed(200, "B").await);
+    let toml = format!(
+        "force_https_redirect = false\n[upstreams.app]\nservers = [\"{}\", \"{}\"]\n\n[[route]]\npath = \"/\"\nupstream = \"app\"\n",
+        a.url(),
+        b.url()
+    );
+    let px = Proxy::start(&toml).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(px.get("/").await.text());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    px.stop().await;
+}
