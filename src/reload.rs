@@ -60,7 +60,8 @@ pub async fn reload(
     result
 }
 
-/// Size and modification time of each watched file (`None` if absent).
+/// Size and modification time of each watched file (`None` if absent):
+/// what configuration reload and certificate reload compare.
 pub fn stamps(paths: &[PathBuf]) -> Vec<Option<(u64, Option<SystemTime>)>> {
     paths.iter().map(|p| stamp(p)).collect()
 }

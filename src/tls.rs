@@ -241,8 +241,8 @@ pub async fn watch(
     key: PathBuf,
     source: fn(PathBuf) -> CertSource,
 ) {
-    let stamp = |p: &Path| fs::metadata(p).ok().map(|m| (m.len(), m.modified().ok()));
-    let mut last = (stamp(&cert), stamp(&key));
+    let pair = [cert.clone(), key.clone()];
+    let mut last = crate::reload::stamps(&pair);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     let mut next_expiry_log = tokio::time::Instant::now();
     loop {
@@ -251,8 +251,8 @@ pub async fn watch(
             log_expiry(&resolver);
             next_expiry_log = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
         }
-        let now = (stamp(&cert), stamp(&key));
-        if now == last || now.0.is_none() || now.1.is_none() {
+        let now = crate::reload::stamps(&pair);
+        if now == last || now.iter().any(Option::is_none) {
             continue;
         }
         last = now;
