@@ -43,6 +43,14 @@ pub enum Command {
     /// Check the running server's /readyz (for a container HEALTHCHECK).
     /// Exit 0 when ready, 1 otherwise.
     Health,
+    /// Check an installation from outside: `/` loads, `/api` answers,
+    /// `/admin` loads, a WebSocket under `/admin` upgrades, all on one
+    /// hostname; explains what the proxy in front breaks. Exit 0 when all
+    /// is well, 1 when a problem was found.
+    Doctor(DoctorArgs),
+    /// Print a configuration for the proxy in front of Gatehouse (nginx,
+    /// apache, caddy, traefik, haproxy or cloudflared) to stdout.
+    External(crate::external::Args),
     /// Start three sample upstreams on loopback and the proxy in front of
     /// them on http://localhost:8080 and https://localhost:8443.
     Demo {
@@ -53,6 +61,35 @@ pub enum Command {
         #[arg(long, default_value_t = crate::demo::HTTPS_PORT)]
         https_port: u16,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DoctorArgs {
+    /// The public address, e.g. https://aliasvault.example.com
+    pub url: String,
+    /// The diagnostic endpoint's token (`[diagnostics] token`); read from
+    /// GATEHOUSE_DIAGNOSTICS_TOKEN (process or .env) when not given.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Also trust this CA or self-signed certificate (PEM); repeatable.
+    #[arg(long, value_name = "PEM")]
+    pub ca: Vec<PathBuf>,
+    /// Connect to HOST:PORT instead of the URL's address (keeps the URL's
+    /// name for TLS and Host), to test before DNS points at the server.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub connect_to: Option<String>,
+    /// Path of the API.
+    #[arg(long, default_value = "/api")]
+    pub api: String,
+    /// Path of the admin panel.
+    #[arg(long, default_value = "/admin")]
+    pub admin: String,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 10)]
+    pub timeout: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Exit status for configuration errors (file, line and key are printed).
@@ -67,6 +104,8 @@ pub fn main() -> ExitCode {
         Some(Command::Cert) => cert(&cli),
         Some(Command::Reload) => admin_request(&cli, http::Method::POST, "/reload"),
         Some(Command::Health) => admin_request(&cli, http::Method::GET, "/readyz"),
+        Some(Command::Doctor(ref args)) => doctor(&cli, args),
+        Some(Command::External(ref args)) => crate::external::main(args),
         Some(Command::Demo {
             http_port,
             https_port,
@@ -75,6 +114,60 @@ pub fn main() -> ExitCode {
     // Log lines still queued for stdout are written before the exit.
     crate::access_log::flush(Duration::from_secs(2));
     code
+}
+
+fn doctor(cli: &Cli, args: &DoctorArgs) -> ExitCode {
+    let url: http::Uri = match args.url.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {}: {e}", args.url);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let token = args.token.clone().or_else(|| {
+        Env::load(cli.env_file.as_deref())
+            .ok()
+            .and_then(|env| {
+                env.get("GATEHOUSE_DIAGNOSTICS_TOKEN")
+                    .map(|v| v.value.clone())
+            })
+            .filter(|t| !t.trim().is_empty())
+    });
+    let opts = crate::doctor::Options {
+        url,
+        connect_to: args.connect_to.clone(),
+        ca: args.ca.clone(),
+        token,
+        api: args.api.clone(),
+        admin: args.admin.clone(),
+        timeout: Duration::from_secs(args.timeout.max(1)),
+    };
+    let Some(rt) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+        return ExitCode::FAILURE;
+    };
+    let outcome = rt.block_on(crate::doctor::run(&opts));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome).expect("invariant: the outcome serializes")
+        );
+    } else {
+        print!("{}", outcome.render());
+    }
+    if outcome.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Builds a runtime with I/O and timers, or says why it cannot.
+pub fn runtime(builder: &mut tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: cannot start the runtime: {e}"))
+        .ok()
 }
 
 fn init_tracing() {
@@ -114,12 +207,8 @@ fn run(cli: &Cli) -> ExitCode {
         b.worker_threads(cfg.workers);
         b
     };
-    let rt = match builder.enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = runtime(&mut builder) else {
+        return ExitCode::FAILURE;
     };
     let origin = crate::reload::Origin {
         source: Source::discover(cli.config.as_deref()),
@@ -481,6 +570,15 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
             || "disabled".to_string(),
             |a| format!("http://{a} (/metrics, /healthz, /readyz, POST /reload)")
         )
+    );
+    let _ = writeln!(
+        out,
+        "diagnostics: {}",
+        if cfg.diagnostics_token.is_some() {
+            "on (requests with the Gatehouse-Diagnostics token; see `gatehouse doctor`)"
+        } else {
+            "off"
+        }
     );
     let trusted: Vec<String> = cfg
         .trusted_proxies

@@ -273,7 +273,7 @@ pub async fn watch(
     }
 }
 
-fn fingerprint_of(key: &CertifiedKey) -> String {
+pub fn fingerprint_of(key: &CertifiedKey) -> String {
     key.end_entity_cert()
         .map(|c| fingerprint(c.as_ref()))
         .unwrap_or_default()

@@ -29,6 +29,7 @@ pub struct File {
     pub tls: Option<Tls>,
     pub acme: Option<Acme>,
     pub metrics: Option<Metrics>,
+    pub diagnostics: Option<Diagnostics>,
     pub headers: Option<Headers>,
     /// Named server groups a route can use as `upstream = "NAME"`.
     #[serde(default)]
@@ -67,6 +68,13 @@ pub struct Tls {
 pub struct Metrics {
     pub listen: Option<Spanned<String>>,
     pub enabled: Option<bool>,
+}
+
+/// The opt-in diagnostic endpoint used by `gatehouse doctor`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Diagnostics {
+    pub token: Option<Spanned<String>>,
 }
 
 /// Built-in ACME (RFC 8555). The table's presence turns it on.

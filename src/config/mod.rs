@@ -314,6 +314,13 @@ impl Builder<'_> {
                 )
             })?),
         };
+        let diagnostics_token = match f.diagnostics.and_then(|d| d.token) {
+            None => None,
+            Some(t) => Some(
+                validate_diagnostics_token(t.get_ref())
+                    .map_err(|m| self.err(t.span(), "token", m))?,
+            ),
+        };
         let headers = self.headers(f.headers.unwrap_or_default())?;
         // A file is strict: an invalid range is an error with its line. The
         // variable keeps AliasVault's skip-with-warning rule.
@@ -354,6 +361,7 @@ impl Builder<'_> {
             letsencrypt_enabled: false,
             acme,
             metrics,
+            diagnostics_token,
             headers,
             routes,
             unsupported_vars: Vec::new(),
@@ -778,6 +786,15 @@ fn apply_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
                 )
             })?;
     }
+    if let Some(v) = env.get("GATEHOUSE_DIAGNOSTICS_TOKEN") {
+        cfg.diagnostics_token = match v.value.trim() {
+            "" => None,
+            t => Some(
+                validate_diagnostics_token(t)
+                    .map_err(|m| ConfigError::var("GATEHOUSE_DIAGNOSTICS_TOKEN", v, m))?,
+            ),
+        };
+    }
     if let Some(v) = env.get("TRUSTED_PROXIES") {
         let (list, bad) = ipr::trusted_proxies_from_env(&v.value);
         for token in bad {
@@ -848,7 +865,7 @@ fn mib(n: i64) -> Option<u64> {
 }
 
 /// A host name for the certificate: a DNS name or an IP address.
-fn validate_hostname(h: &str) -> Result<(), String> {
+pub fn validate_hostname(h: &str) -> Result<(), String> {
     if h.parse::<IpAddr>().is_ok() {
         return Ok(());
     }
@@ -955,6 +972,18 @@ pub fn parse_size(v: &file::Size) -> Result<u64, String> {
                 .ok_or_else(|| format!("{s:?} is too large"))
         }
     }
+}
+
+/// The diagnostic endpoint reports request headers and upstream state, so
+/// its token must be a real secret: long, and valid in a header field.
+fn validate_diagnostics_token(t: &str) -> Result<String, String> {
+    if t.len() < 16 || t.len() > 256 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "expected a secret of 16 to 256 visible ASCII characters (e.g. `openssl rand -hex 16`)"
+                .into(),
+        );
+    }
+    Ok(t.to_string())
 }
 
 #[cfg(test)]

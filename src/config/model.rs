@@ -39,6 +39,9 @@ pub struct Config {
     pub acme: Option<AcmeSettings>,
     /// The metrics/health/reload listener; `None` when disabled.
     pub metrics: Option<std::net::SocketAddr>,
+    /// The secret that turns on the diagnostic endpoint (`gatehouse
+    /// doctor`); `None` (the default) keeps it off.
+    pub diagnostics_token: Option<String>,
     pub headers: HeaderRules,
     /// Routes in file order; the router sorts them by specificity.
     pub routes: Vec<Route>,

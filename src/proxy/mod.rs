@@ -2,6 +2,7 @@
 //! [`handle`]. See the crate documentation for the flow.
 
 pub mod compress;
+pub mod diagnostics;
 pub mod forwarded;
 pub mod upgrade;
 pub mod upstream;
@@ -275,12 +276,21 @@ async fn inner(
     if req.version() != Version::HTTP_2 && conn.h1.next_is_ambiguous() {
         return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding").into());
     }
+    // Issue 5: `gatehouse doctor`'s probe is answered here, before the
+    // redirect and the routes, so it sees any request as it arrived.
+    if let Some(token) = &rt.config.diagnostics_token {
+        if req.headers().contains_key(&diagnostics::HEADER) {
+            return Ok(diagnostics::answer(req, token, conn, client, rt, shared).await);
+        }
+    }
     let path = req.uri().path();
     if !conn.tls {
         if path.starts_with(ACME_CHALLENGE_PREFIX) {
             return Ok(serve_challenge(rt, &shared.acme_tokens, path).await);
         }
-        if rt.config.force_https_redirect {
+        // A trusted proxy that terminated TLS says so with
+        // `X-Forwarded-Proto: https`; redirecting that request would loop.
+        if rt.config.force_https_redirect && !client.https {
             return redirect_to_https(&req, rt).map_err(Failure::from);
         }
     }

@@ -17,14 +17,6 @@ const HOST: &str = "acme-test.gatehouse.test";
 const EAB_KID: &str = "kid-1";
 const EAB_KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn wait_for_port(port: u16, what: &str) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut tick = tokio::time::interval(Duration::from_millis(50));

@@ -9,6 +9,7 @@ mod balance;
 mod certs;
 mod cli;
 mod compression;
+mod external;
 mod failures;
 mod forwarding;
 mod limits;

@@ -257,11 +257,7 @@ fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
 async fn metrics_health_and_the_reload_command() {
     let a = fixed(200, "A").await;
     let dir = tempfile::tempdir().unwrap();
-    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let metrics_port = free_port();
     let refused = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

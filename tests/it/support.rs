@@ -248,6 +248,30 @@ pub async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
     buf
 }
 
+/// A port for a program that must be told its port before it starts
+/// (Pebble, nginx, Apache, ...). Drawn just below the kernel's ephemeral
+/// range (`ip_local_port_range`), so no `bind(0)` or outgoing connection
+/// of a parallel test can take it between this check and the program's
+/// own bind; only these picks compete, and they do not repeat in a run.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32768);
+    let span = 8000.min(low.saturating_sub(1024));
+    let base = low - span;
+    // Different test processes start at different places.
+    let offset = std::process::id() as usize * 7919;
+    for _ in 0..span {
+        let port = base + (offset + NEXT.fetch_add(1, Ordering::SeqCst)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free port in {base}..{low}");
+}
+
 // -------------------------------------------------------------------- proxy
 
 pub struct Proxy {

@@ -452,3 +452,33 @@ async fn a_slow_request_head_is_cut_off() {
     assert_eq!(up.connections.load(Ordering::SeqCst), 0);
     px.stop().await;
 }
+
+#[tokio::test]
+async fn https_from_a_trusted_proxy_on_the_http_port_is_not_redirected() {
+    // A proxy in front that terminated TLS and forwards to the HTTP port
+    // (issue 5's doctor finding `https-redirect`): redirecting would loop.
+    let up = echo().await;
+    let toml = routes(&[("/", &up.url())]);
+    let trusted = Proxy::start(&format!("trusted_proxies = [\"127.0.0.1\"]\n{toml}")).await;
+    let mut req = with_xff("/x", "203.0.113.9");
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    let res = within(trusted.send(Proto::H1, req)).await.unwrap();
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(res.seen().header("x-forwarded-proto"), Some("https"));
+    // Plain HTTP from the same proxy still gets the redirect.
+    let res = within(trusted.send(Proto::H1, with_xff("/x", "203.0.113.9")))
+        .await
+        .unwrap();
+    assert_eq!(res.status, StatusCode::MOVED_PERMANENTLY);
+    trusted.stop().await;
+
+    // The same claim from an untrusted peer is not believed.
+    let untrusted = Proxy::start(&toml).await;
+    let mut req = with_xff("/x", "203.0.113.9");
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    let res = within(untrusted.send(Proto::H1, req)).await.unwrap();
+    assert_eq!(res.status, StatusCode::MOVED_PERMANENTLY);
+    untrusted.stop().await;
+}

@@ -1,0 +1,784 @@
+//! `gatehouse doctor` and `gatehouse external` (issue 5): the doctor against
+//! Gatehouse directly, then the printed configurations run for real by
+//! nginx, Apache, Caddy and HAProxy in front of Gatehouse on loopback, with
+//! the doctor (the binary) checking through them, WebSocket included.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::process::{Child, Command};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+const TOKEN: &str = "doctor-test-token-0123456789";
+const HOST: &str = "gatehouse.test";
+/// The connection token the fake Blazor negotiate hands out.
+const CIRCUIT: &str = "circuit-42";
+
+/// The three AliasVault services: a client page, an API answering "OK",
+/// and an admin panel with Blazor's negotiate + WebSocket under /admin.
+struct Apps {
+    client: Upstream,
+    api: Upstream,
+    admin: Upstream,
+}
+
+async fn apps() -> Apps {
+    let client = upstream(|_req: Request<Incoming>| async {
+        html("<!DOCTYPE html><title>AliasVault</title>client app")
+    })
+    .await;
+    let api = fixed(200, "OK").await;
+    let admin = upstream(admin_handler).await;
+    Apps { client, api, admin }
+}
+
+fn html(body: &'static str) -> Response<Body> {
+    let mut res = Response::new(full(body));
+    res.headers_mut()
+        .insert("content-type", "text/html; charset=utf-8".parse().unwrap());
+    res
+}
+
+/// A Blazor Server stand-in: SignalR negotiate hands out a connection
+/// token, and only an upgrade carrying it under /admin/_blazor is accepted.
+async fn admin_handler(mut req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    if req.method() == Method::POST && path == "/admin/_blazor/negotiate" {
+        let mut res = Response::new(full(format!(
+            "{{\"negotiateVersion\":1,\"connectionToken\":\"{CIRCUIT}\"}}"
+        )));
+        res.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        return res;
+    }
+    if path == "/admin/_blazor" {
+        let key = req.headers().get("sec-websocket-key").cloned();
+        let wants = req
+            .headers()
+            .get("upgrade")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let Some(key) = key.filter(|_| wants && query == format!("id={CIRCUIT}")) else {
+            let mut res = Response::new(full("not a circuit upgrade"));
+            *res.status_mut() = StatusCode::BAD_REQUEST;
+            return res;
+        };
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let on = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = on.await {
+                use tokio::io::AsyncReadExt;
+                let mut io = TokioIo::new(up);
+                let mut buf = [0u8; 64];
+                let _ = tokio::time::timeout(Duration::from_secs(10), io.read(&mut buf)).await;
+            }
+        });
+        let mut res = Response::new(full(Bytes::new()));
+        *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = res.headers_mut();
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("sec-websocket-accept", accept.parse().unwrap());
+        return res;
+    }
+    html("<!DOCTYPE html><title>Admin</title>admin panel")
+}
+
+fn layout(apps: &Apps) -> String {
+    format!(
+        "[diagnostics]\ntoken = \"{TOKEN}\"\n\n{}",
+        routes(&[
+            ("/admin", &apps.admin.url()),
+            ("/api", &apps.api.url()),
+            ("/", &apps.client.url()),
+        ])
+    )
+}
+
+/// Gatehouse for HOST with the diagnostic endpoint on.
+async fn gatehouse(apps: &Apps, trusted: &str) -> Proxy {
+    Proxy::start_env(
+        &layout(apps),
+        &[("HOSTNAME", HOST), ("TRUSTED_PROXIES", trusted)],
+    )
+    .await
+}
+
+fn options(
+    url: &str,
+    connect: SocketAddr,
+    ca: &Path,
+    token: Option<&str>,
+) -> gatehouse::doctor::Options {
+    gatehouse::doctor::Options {
+        url: url.parse().unwrap(),
+        connect_to: Some(connect.to_string()),
+        ca: vec![ca.to_path_buf()],
+        token: token.map(str::to_string),
+        api: "/api".into(),
+        admin: "/admin".into(),
+        timeout: Duration::from_secs(5),
+    }
+}
+
+/// The doctor (in-process) straight at Gatehouse's HTTPS port.
+async fn direct(proxy: &Proxy, token: Option<&str>) -> gatehouse::doctor::Outcome {
+    let url = format!("https://{HOST}:{}", proxy.https.port());
+    within(gatehouse::doctor::run(&options(
+        &url,
+        proxy.https,
+        &proxy.cert_path(),
+        token,
+    )))
+    .await
+}
+
+fn ids(outcome: &gatehouse::doctor::Outcome) -> Vec<&str> {
+    outcome.findings.iter().map(|f| f.id).collect()
+}
+
+fn check<'a>(outcome: &'a gatehouse::doctor::Outcome, name: &str) -> &'a gatehouse::doctor::Check {
+    outcome
+        .checks
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no check {name}: {outcome:#?}"))
+}
+
+// ------------------------------------------------------------ doctor direct
+
+#[tokio::test]
+async fn doctor_passes_against_gatehouse_directly_and_reports_tls_trouble() {
+    let apps = apps().await;
+    let proxy = gatehouse(&apps, "10.0.0.0/8").await;
+    let url = format!("https://{HOST}:{}", proxy.https.port());
+    let o = direct(&proxy, Some(TOKEN)).await;
+    assert!(o.ok(), "{}", o.render());
+    for name in [
+        "connection",
+        "diagnostics",
+        "client",
+        "api",
+        "admin",
+        "websocket",
+        "websocket (proxy)",
+    ] {
+        assert!(check(&o, name).ok, "{name}: {}", o.render());
+    }
+    assert!(check(&o, "api").detail.contains("\"OK\""), "{}", o.render());
+    assert!(check(&o, "websocket")
+        .detail
+        .contains(&format!("id={CIRCUIT}")));
+
+    // Without the certificate as a trusted root: verification fails, is
+    // named, and every other check still runs.
+    let mut opts = options(&url, proxy.https, &proxy.cert_path(), Some(TOKEN));
+    opts.ca.clear();
+    let o = within(gatehouse::doctor::run(&opts)).await;
+    assert_eq!(ids(&o), ["tls-verify"], "{}", o.render());
+    assert!(o.render().contains("--ca certificates/ssl/cert.pem"));
+    assert!(check(&o, "websocket").ok && check(&o, "admin").ok);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn doctor_names_the_route_and_cause_of_a_gatehouse_503() {
+    let apps = apps().await;
+    // The API is down: a port with nothing behind it.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let toml = format!(
+        "[diagnostics]\ntoken = \"{TOKEN}\"\n\n{}",
+        routes(&[
+            ("/admin", &apps.admin.url()),
+            ("/api", &format!("http://{dead}")),
+            ("/", &apps.client.url()),
+        ])
+    );
+    let proxy = Proxy::start_env(&toml, &[("HOSTNAME", HOST)]).await;
+    let o = direct(&proxy, Some(TOKEN)).await;
+    assert_eq!(ids(&o), ["upstream-unavailable"], "{}", o.render());
+    let f = &o.findings[0];
+    assert_eq!(f.path.as_deref(), Some("/api"));
+    assert!(f.message.contains("Gatehouse answered"), "{}", f.message);
+    assert!(f.message.contains(&dead.to_string()), "{}", f.message);
+    assert!(f.message.contains("refused"), "{}", f.message);
+    assert!(!check(&o, "api").ok && check(&o, "client").ok && check(&o, "websocket").ok);
+
+    // Without the token the cause is still attributed to Gatehouse.
+    let o = direct(&proxy, None).await;
+    assert_eq!(ids(&o), ["upstream-unavailable"], "{}", o.render());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn diagnostic_endpoint_is_off_by_default_and_refuses_a_wrong_token() {
+    let apps = apps().await;
+    // Off: the header is an ordinary header and the request is routed.
+    let off = Proxy::start(&routes(&[("/", &apps.client.url())])).await;
+    let mut req = get("/.well-known/gatehouse-doctor", "localhost");
+    req.headers_mut()
+        .insert("gatehouse-diagnostics", TOKEN.parse().unwrap());
+    let res = within(off.send(Proto::TlsH1, req)).await.unwrap();
+    assert_eq!(res.status, 200);
+    assert!(res.text().contains("client app"));
+    off.stop().await;
+
+    let on = gatehouse(&apps, "10.0.0.0/8").await;
+    let mut req = get("/api/x", "localhost");
+    req.headers_mut().insert(
+        "gatehouse-diagnostics",
+        "wrong-token-wrong-token".parse().unwrap(),
+    );
+    let res = within(on.send(Proto::TlsH2, req)).await.unwrap();
+    assert_eq!(res.status, 403);
+    assert_eq!(
+        apps.api
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+
+    let mut req = get("/api/x?y=1", "localhost");
+    req.headers_mut()
+        .insert("gatehouse-diagnostics", TOKEN.parse().unwrap());
+    let res = within(on.send(Proto::TlsH2, req)).await.unwrap();
+    assert_eq!(res.status, 200);
+    let r: serde_json::Value = serde_json::from_str(&res.text()).unwrap();
+    assert_eq!(r["target"], "/api/x?y=1");
+    assert_eq!(r["route"]["path"], "/api");
+    assert_eq!(
+        r["route"]["servers"][0]["connect_error"],
+        serde_json::Value::Null
+    );
+    assert!(!res.text().contains(TOKEN), "the token is redacted");
+    on.stop().await;
+}
+
+#[test]
+fn diagnostics_token_must_be_a_real_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = load(dir.path(), "[diagnostics]\ntoken = \"short\"\n", &[]).unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.contains("gatehouse.toml:") && text.contains("token"),
+        "{text}"
+    );
+    let e = load(dir.path(), "", &[("GATEHOUSE_DIAGNOSTICS_TOKEN", "x y")]).unwrap_err();
+    assert!(e.to_string().contains("GATEHOUSE_DIAGNOSTICS_TOKEN"), "{e}");
+    let cfg = load(dir.path(), "", &[("GATEHOUSE_DIAGNOSTICS_TOKEN", TOKEN)]).unwrap();
+    assert_eq!(cfg.diagnostics_token.as_deref(), Some(TOKEN));
+    assert!(load(dir.path(), "", &[])
+        .unwrap()
+        .diagnostics_token
+        .is_none());
+}
+
+// ------------------------------------------------------ the proxies in front
+
+/// The public side: a test CA and a certificate for HOST signed by it.
+struct Site {
+    dir: tempfile::TempDir,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    /// Certificate and key in one file, as HAProxy wants it.
+    combined: PathBuf,
+}
+
+fn site() -> Site {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Gatehouse test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = CertificateParams::new(vec![HOST.to_string()]).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca = write("ca.pem", &ca_cert.pem());
+    let cert = write("site.pem", &leaf_cert.pem());
+    let key = write("site.key", &leaf_key.serialize_pem());
+    let combined = write(
+        "site-combined.pem",
+        &format!("{}{}", leaf_cert.pem(), leaf_key.serialize_pem()),
+    );
+    Site {
+        dir,
+        ca,
+        cert,
+        key,
+        combined,
+    }
+}
+
+/// `gatehouse external KIND` for a proxy on `127.0.0.1:port` in front of
+/// `proxy`; returns the printed text.
+async fn external(kind: &str, site: &Site, port: u16, proxy: &Proxy) -> String {
+    let cert = if kind == "haproxy" {
+        &site.combined
+    } else {
+        &site.cert
+    };
+    let out = within(
+        Command::new(BIN)
+            .args(["external", kind, "--host", HOST])
+            .arg("--to")
+            .arg(format!("https://127.0.0.1:{}", proxy.https.port()))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(&site.key)
+            .arg("--gatehouse-ca")
+            .arg(proxy.cert_path())
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    // The Gatehouse side of the bargain, which `gatehouse()` applied.
+    assert!(
+        text.contains("TRUSTED_PROXIES=127.0.0.1/32,::1/128"),
+        "{text}"
+    );
+    text
+}
+
+/// A proxy process, killed when dropped; its output goes to a log file.
+struct Front {
+    child: Child,
+    log: PathBuf,
+    port: u16,
+}
+
+impl Front {
+    async fn start(
+        program: &str,
+        args: &[String],
+        dir: &Path,
+        env: &[(&str, &str)],
+        port: u16,
+    ) -> Front {
+        let log = dir.join(format!("{}.log", program.rsplit('/').next().unwrap()));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            // A group of its own: nginx's workers and Apache's children
+            // are stopped with it (see Drop).
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e} (installed by scripts/test)"));
+        let mut front = Front { child, log, port };
+        front.ready().await;
+        front
+    }
+
+    /// Waits until the port accepts, or fails with the program's output.
+    async fn ready(&mut self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "exited with {status}: {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "port {} never opened: {}",
+                self.port,
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Front {
+    /// Killing the main process alone would leave nginx's workers and
+    /// Apache's children serving: the whole group goes, by its id.
+    fn drop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
+    }
+}
+
+/// Runs the doctor binary through the proxy in front, as a user would.
+async fn doctor(front: &Front, site: &Site) -> (i32, serde_json::Value, String) {
+    let out = within(
+        Command::new(BIN)
+            .arg("doctor")
+            .arg(format!("https://{HOST}:{}", front.port))
+            .arg("--connect-to")
+            .arg(format!("127.0.0.1:{}", front.port))
+            .arg("--ca")
+            .arg(&site.ca)
+            .args(["--token", TOKEN, "--json", "--timeout", "5"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), json, text)
+}
+
+fn finding_ids(json: &serde_json::Value) -> Vec<String> {
+    let mut ids: Vec<String> = json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn assert_all_checks_pass(json: &serde_json::Value, code: i32, text: &str, log: &str) {
+    assert_eq!(code, 0, "{text}\n--- proxy log ---\n{log}");
+    let checks = json["checks"].as_array().unwrap();
+    for name in [
+        "connection",
+        "diagnostics",
+        "client",
+        "api",
+        "admin",
+        "websocket",
+        "websocket (proxy)",
+    ] {
+        let c = checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {text}"));
+        assert_eq!(c["ok"], true, "{name}: {text}");
+    }
+    assert!(json["findings"].as_array().unwrap().is_empty(), "{text}");
+}
+
+fn nginx_main(dir: &Path, site_conf: &Path) -> PathBuf {
+    let d = dir.display();
+    let conf = format!(
+        "user root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 256; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         \x20 fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         \x20 include {};\n}}\n",
+        site_conf.display()
+    );
+    let p = dir.join("nginx.conf");
+    std::fs::write(&p, conf).unwrap();
+    p
+}
+
+async fn start_nginx(site: &Site, port: u16, site_conf_text: &str) -> Front {
+    let dir = site.dir.path();
+    let site_conf = dir.join("site.conf");
+    std::fs::write(&site_conf, site_conf_text).unwrap();
+    let main = nginx_main(dir, &site_conf);
+    let args = vec![
+        "-p".to_string(),
+        dir.display().to_string(),
+        "-c".into(),
+        main.display().to_string(),
+        "-g".into(),
+        "daemon off;".into(),
+    ];
+    Front::start("/usr/sbin/nginx", &args, dir, &[], port).await
+}
+
+#[tokio::test]
+async fn broken_nginx_is_diagnosed_as_exactly_its_two_faults() {
+    let apps = apps().await;
+    let proxy = gatehouse(&apps, "127.0.0.1/32,::1/128").await;
+    let site = site();
+    let port = free_port();
+    // The two classic mistakes: no Upgrade/Connection headers, and a
+    // proxy_pass with a URI part that strips /admin.
+    let up = format!("https://127.0.0.1:{}", proxy.https.port());
+    let conf = format!(
+        "server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name {HOST};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    location / {{ proxy_pass {up}; }}
+    location /admin/ {{ proxy_pass {up}/; }}
+}}
+",
+        cert = site.cert.display(),
+        key = site.key.display(),
+    );
+    let front = start_nginx(&site, port, &conf).await;
+    let (code, json, text) = doctor(&front, &site).await;
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(
+        finding_ids(&json),
+        ["path-rewritten", "websocket-headers"],
+        "{text}"
+    );
+    let findings = json["findings"].as_array().unwrap();
+    let path = findings
+        .iter()
+        .find(|f| f["id"] == "path-rewritten")
+        .unwrap();
+    assert_eq!(path["path"], "/admin");
+    assert!(
+        path["message"]
+            .as_str()
+            .unwrap()
+            .contains("stripped the /admin prefix"),
+        "{text}"
+    );
+    assert!(
+        path["fix"].as_str().unwrap().contains("no URI part"),
+        "{text}"
+    );
+    let ws = findings
+        .iter()
+        .find(|f| f["id"] == "websocket-headers")
+        .unwrap();
+    assert!(
+        ws["fix"]
+            .as_str()
+            .unwrap()
+            .contains("proxy_set_header Upgrade $http_upgrade"),
+        "{text}"
+    );
+
+    // The human report says the same in words.
+    let out = within(
+        Command::new(BIN)
+            .arg("doctor")
+            .arg(format!("https://{HOST}:{port}"))
+            .arg("--connect-to")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--ca")
+            .arg(&site.ca)
+            .args(["--token", TOKEN])
+            .output(),
+    )
+    .await
+    .unwrap();
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human.contains("[websocket-headers]") && human.contains("[path-rewritten] /admin:"),
+        "{human}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn nginx_in_front_of_a_stopped_gatehouse_is_named_as_the_one_answering() {
+    let apps = apps().await;
+    let proxy = gatehouse(&apps, "127.0.0.1/32,::1/128").await;
+    let site = site();
+    let port = free_port();
+    let conf = external("nginx", &site, port, &proxy).await;
+    // Stopped, with its certificate still on disk for nginx to load.
+    let mut proxy = proxy;
+    let server = proxy.server.take().unwrap();
+    within(server.shutdown(Duration::from_secs(5))).await;
+    let front = start_nginx(&site, port, &conf).await;
+    let (code, json, text) = doctor(&front, &site).await;
+    assert_eq!(code, 1);
+    assert_eq!(finding_ids(&json), ["front-proxy-error"], "{text}");
+    let msg = json["findings"][0]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("502") && msg.contains("Server: nginx"),
+        "{text}"
+    );
+    drop(front);
+    drop(proxy);
+}
+
+#[tokio::test]
+async fn gatehouse_not_trusting_the_proxy_in_front_is_named_with_the_fix() {
+    let apps = apps().await;
+    // The default trusted ranges are private networks, not loopback.
+    let proxy = Proxy::start_env(&layout(&apps), &[("HOSTNAME", HOST)]).await;
+    let site = site();
+    let port = free_port();
+    let conf = external("nginx", &site, port, &proxy).await;
+    let front = start_front("nginx", &site, port, &conf).await;
+    let (code, json, text) = doctor(&front, &site).await;
+    assert_eq!(code, 1);
+    assert_eq!(finding_ids(&json), ["untrusted-proxy"], "{text}");
+    assert!(
+        json["findings"][0]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("TRUSTED_PROXIES=127.0.0.1/32"),
+        "{text}"
+    );
+    proxy.stop().await;
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// Starts KIND on the configuration `gatehouse external` printed.
+async fn start_front(kind: &str, site: &Site, port: u16, conf: &str) -> Front {
+    let dir = site.dir.path();
+    let path = |name: &str| dir.join(name).display().to_string();
+    match kind {
+        "nginx" => start_nginx(site, port, conf).await,
+        "apache" => {
+            std::fs::write(dir.join("site.conf"), conf).unwrap();
+            let m = "/usr/lib/apache2/modules";
+            let user = if is_root() {
+                "User www-data\nGroup www-data\n"
+            } else {
+                ""
+            };
+            let main = format!(
+                "ServerRoot {d}\nServerName localhost\nPidFile {d}/httpd.pid\nDefaultRuntimeDir {d}\n\
+                 ErrorLog /dev/stderr\nLogLevel warn\n{user}\
+                 LoadModule mpm_event_module {m}/mod_mpm_event.so\n\
+                 LoadModule authz_core_module {m}/mod_authz_core.so\n\
+                 LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\n\
+                 LoadModule ssl_module {m}/mod_ssl.so\n\
+                 LoadModule headers_module {m}/mod_headers.so\n\
+                 LoadModule proxy_module {m}/mod_proxy.so\n\
+                 LoadModule proxy_http_module {m}/mod_proxy_http.so\n\
+                 Include {d}/site.conf\n",
+                d = dir.display()
+            );
+            std::fs::write(dir.join("httpd.conf"), main).unwrap();
+            let args = ["-f".to_string(), path("httpd.conf"), "-DFOREGROUND".into()];
+            Front::start("/usr/sbin/apache2", &args, dir, &[], port).await
+        }
+        "caddy" => {
+            std::fs::write(dir.join("Caddyfile"), conf).unwrap();
+            let args = [
+                "run".to_string(),
+                "--config".into(),
+                path("Caddyfile"),
+                "--adapter".into(),
+                "caddyfile".into(),
+            ];
+            // Caddy's state goes to the test's folder, not $HOME.
+            let (home, data, config) = (path(""), path("data"), path("config"));
+            let env = [
+                ("HOME", home.as_str()),
+                ("XDG_DATA_HOME", data.as_str()),
+                ("XDG_CONFIG_HOME", config.as_str()),
+            ];
+            Front::start("/usr/bin/caddy", &args, dir, &env, port).await
+        }
+        "haproxy" => {
+            std::fs::write(dir.join("haproxy.cfg"), conf).unwrap();
+            let args = ["-f".to_string(), path("haproxy.cfg"), "-db".into()];
+            Front::start("/usr/sbin/haproxy", &args, dir, &[], port).await
+        }
+        other => panic!("no test setup for {other}"),
+    }
+}
+
+/// The issue's "done": KIND with the printed configuration in front of
+/// Gatehouse, and the doctor through it passes, WebSocket included.
+async fn printed_config_passes_the_doctor(kind: &str) {
+    let apps = apps().await;
+    let proxy = gatehouse(&apps, "127.0.0.1/32,::1/128").await;
+    let site = site();
+    let port = free_port();
+    let conf = external(kind, &site, port, &proxy).await;
+    let front = start_front(kind, &site, port, &conf).await;
+    let (code, json, text) = doctor(&front, &site).await;
+    assert_all_checks_pass(&json, code, &text, &front.log());
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn nginx_from_external_passes_the_doctor() {
+    printed_config_passes_the_doctor("nginx").await;
+}
+
+#[tokio::test]
+async fn apache_from_external_passes_the_doctor() {
+    printed_config_passes_the_doctor("apache").await;
+}
+
+#[tokio::test]
+async fn caddy_from_external_passes_the_doctor() {
+    printed_config_passes_the_doctor("caddy").await;
+}
+
+#[tokio::test]
+async fn haproxy_from_external_passes_the_doctor() {
+    printed_config_passes_the_doctor("haproxy").await;
+}
+
+#[tokio::test]
+async fn external_refuses_bad_arguments_with_exit_2() {
+    let out = within(
+        Command::new(BIN)
+            .args([
+                "external",
+                "nginx",
+                "--host",
+                HOST,
+                "--to",
+                "https://gatehouse/api",
+            ])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("without a path"));
+}
