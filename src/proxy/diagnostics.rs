@@ -110,22 +110,32 @@ pub async fn answer(
         return res;
     }
     let report = report(&req, conn, client, rt, shared).await;
-    let json = serde_json::to_vec_pretty(&report).expect("invariant: the report serializes");
+    let json = bytes::Bytes::from(
+        serde_json::to_vec_pretty(&report).expect("invariant: the report serializes"),
+    );
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let websocket = upgrade::is_h1_upgrade(&req)
         && req
             .headers()
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let h2_websocket = upgrade::is_h2_websocket(&req);
+    if h2_websocket || (key.is_some() && websocket) {
+        let on = hyper::upgrade::on(&mut req);
+        let json = json.clone();
+        tokio::spawn(async move {
+            let Ok(Ok(io)) = tokio::time::timeout(Duration::from_secs(10), on).await else {
+                return;
+            };
+            let _ = send_report_frame(TokioIo::new(io), &json).await;
+        });
+        if h2_websocket {
+            // RFC 8441 §5: a 200 opens the stream; the frames follow on it.
+            return Response::new(ResponseBody::empty());
+        }
+    }
     match key {
         Some(key) if websocket => {
-            let on = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let Ok(Ok(io)) = tokio::time::timeout(Duration::from_secs(10), on).await else {
-                    return;
-                };
-                let _ = send_report_frame(TokioIo::new(io), &json).await;
-            });
             let accept =
                 tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
             let mut res = Response::new(ResponseBody::empty());
@@ -152,13 +162,22 @@ pub async fn answer(
     }
 }
 
-/// One text frame with the report, a normal close (RFC 6455 §5.2, §5.5.1;
-/// a server's frames are unmasked), then waits briefly for the client's
-/// close so the report is not cut off by a reset.
+/// Sends the frames of [`report_frames`], then waits briefly for the
+/// client's close so the report is not cut off by a reset.
 async fn send_report_frame<S>(mut io: S, json: &[u8]) -> std::io::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    io.write_all(&report_frames(json)).await?;
+    io.flush().await?;
+    let mut buf = [0u8; 256];
+    let _ = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await;
+    io.shutdown().await
+}
+
+/// The report as one text frame, then a normal close (RFC 6455 §5.2,
+/// §5.5.1; a server's frames are unmasked).
+fn report_frames(json: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(json.len() + 14);
     frame.push(0x81);
     match json.len() {
@@ -174,11 +193,7 @@ where
     }
     frame.extend_from_slice(json);
     frame.extend_from_slice(&[0x88, 0x02, 0x03, 0xe8]);
-    io.write_all(&frame).await?;
-    io.flush().await?;
-    let mut buf = [0u8; 256];
-    let _ = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await;
-    io.shutdown().await
+    frame
 }
 
 async fn report(
@@ -274,6 +289,18 @@ async fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn frames_carry_the_report_with_the_right_length() {
+        let small = report_frames(b"{}");
+        assert_eq!(&small[..4], &[0x81, 2, b'{', b'}']);
+        assert_eq!(&small[4..], &[0x88, 0x02, 0x03, 0xe8]);
+        let mid = report_frames(&[b' '; 300]);
+        assert_eq!(&mid[..4], &[0x81, 126, 0x01, 0x2c]);
+        let big = report_frames(&vec![b' '; 70_000]);
+        assert_eq!(big[1], 127);
+        assert_eq!(u64::from_be_bytes(big[2..10].try_into().unwrap()), 70_000);
+    }
 
     #[test]
     fn token_comparison() {

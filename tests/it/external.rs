@@ -262,6 +262,45 @@ async fn diagnostic_endpoint_is_off_by_default_and_refuses_a_wrong_token() {
         serde_json::Value::Null
     );
     assert!(!res.text().contains(TOKEN), "the token is redacted");
+
+    // Over HTTP/2 as an RFC 8441 WebSocket: 200, then the report as the
+    // first message on the stream.
+    let tls = tls_connect(on.https, &on.cert_path(), &[b"h2"])
+        .await
+        .unwrap();
+    let (mut sender, conn) = within(hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    ))
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .method(Method::CONNECT)
+        .uri("https://localhost/admin/x")
+        .header("sec-websocket-version", "13")
+        .header("gatehouse-diagnostics", TOKEN)
+        .extension(hyper::ext::Protocol::from_static("websocket"))
+        .body(full(""))
+        .unwrap();
+    let mut res = within(sender.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let upgraded = within(hyper::upgrade::on(&mut res)).await.unwrap();
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    use futures_util::StreamExt;
+    let msg = within(ws.next()).await.unwrap().unwrap();
+    let r: serde_json::Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(r["method"], "CONNECT");
+    assert_eq!(r["route"]["path"], "/admin");
+    // The close frame follows; answering it ends the stream at once.
+    let close = within(ws.next()).await;
+    assert!(matches!(close, Some(Ok(ref m)) if m.is_close()), "{close:?}");
+    drop(ws);
     on.stop().await;
 }
 
