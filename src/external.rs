@@ -70,6 +70,8 @@ struct Plan {
     default_listen: bool,
     cert: String,
     key: String,
+    /// `--cert` was given (Caddy then does not obtain its own).
+    cert_given: bool,
     ca: String,
     trusted: String,
     trusted_guessed: bool,
@@ -172,6 +174,7 @@ fn plan(args: &Args) -> Result<Plan, String> {
         default_listen: listen_addr.is_none() && listen_port == 443,
         listen_addr,
         listen_port,
+        cert_given: args.cert.is_some(),
         cert: args.cert.clone().unwrap_or(cert_default),
         key: args
             .key
@@ -391,15 +394,17 @@ fn caddy(p: &Plan, out: &mut String) {
     if let Some(a) = &p.listen_addr {
         let _ = writeln!(out, "    bind {a}");
     }
-    match (&p.cert, &p.key) {
-        (c, k) if !p.default_listen || c.starts_with('/') => {
-            let _ = writeln!(
-                out,
-                "    # Omit this line to let Caddy obtain the certificate itself."
-            );
-            let _ = writeln!(out, "    tls {c} {k}");
-        }
-        _ => {}
+    if p.cert_given {
+        let _ = writeln!(
+            out,
+            "    # Omit this line to let Caddy obtain the certificate itself."
+        );
+        let _ = writeln!(out, "    tls {} {}", p.cert, p.key);
+    } else {
+        let _ = writeln!(
+            out,
+            "    # Caddy obtains and renews the certificate itself (ports 80 and 443 open)."
+        );
     }
     let _ = writeln!(
         out,

@@ -299,7 +299,10 @@ async fn diagnostic_endpoint_is_off_by_default_and_refuses_a_wrong_token() {
     assert_eq!(r["route"]["path"], "/admin");
     // The close frame follows; answering it ends the stream at once.
     let close = within(ws.next()).await;
-    assert!(matches!(close, Some(Ok(ref m)) if m.is_close()), "{close:?}");
+    assert!(
+        matches!(close, Some(Ok(ref m)) if m.is_close()),
+        "{close:?}"
+    );
     drop(ws);
     on.stop().await;
 }
@@ -820,4 +823,44 @@ async fn external_refuses_bad_arguments_with_exit_2() {
     .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("without a path"));
+}
+
+#[tokio::test]
+async fn the_default_caddyfile_adapts() {
+    // What most users copy: port 443, Caddy's own certificate. `caddy
+    // adapt` parses it fully without binding or loading files.
+    let dir = tempfile::tempdir().unwrap();
+    let out = within(
+        Command::new(BIN)
+            .args(["external", "caddy", "--host", "vault.example.com"])
+            .args(["--to", "https://gatehouse:443"])
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let file = dir.path().join("Caddyfile");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let adapted = within(
+        Command::new("/usr/bin/caddy")
+            .arg("adapt")
+            .arg("--config")
+            .arg(&file)
+            .args(["--adapter", "caddyfile"])
+            .env("HOME", dir.path())
+            .output(),
+    )
+    .await
+    .unwrap();
+    let json = String::from_utf8_lossy(&adapted.stdout);
+    assert!(
+        adapted.status.success(),
+        "{json}{}",
+        String::from_utf8_lossy(&adapted.stderr)
+    );
+    assert!(
+        json.contains("vault.example.com") && json.contains("gatehouse:443"),
+        "{json}"
+    );
+    assert!(json.contains("/etc/gatehouse/cert.pem"), "{json}");
 }
