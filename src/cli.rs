@@ -239,7 +239,7 @@ pub async fn serve_until_signal(
     };
     started(&server);
     let watched = origin.as_ref().map(|o| o.watched()).unwrap_or_default();
-    let mut seen = crate::reload::stamps(&watched);
+    let mut seen = crate::reload::stamps(&watched).await;
     let mut pending: Option<Vec<_>> = None;
     let mut tick = tokio::time::interval(crate::reload::WATCH_INTERVAL);
     let mut hangup = hangup_signal();
@@ -263,7 +263,7 @@ pub async fn serve_until_signal(
                 }
             }
             _ = tick.tick(), if origin.is_some() => {
-                let now = crate::reload::stamps(&watched);
+                let now = crate::reload::stamps(&watched).await;
                 match &pending {
                     // Settled since the last check: apply it once.
                     Some(p) if *p == now => {

@@ -242,7 +242,7 @@ pub async fn watch(
     source: fn(PathBuf) -> CertSource,
 ) {
     let pair = [cert.clone(), key.clone()];
-    let mut last = crate::reload::stamps(&pair);
+    let mut last = crate::reload::stamps(&pair).await;
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     let mut next_expiry_log = tokio::time::Instant::now();
     loop {
@@ -251,7 +251,7 @@ pub async fn watch(
             log_expiry(&resolver);
             next_expiry_log = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
         }
-        let now = crate::reload::stamps(&pair);
+        let now = crate::reload::stamps(&pair).await;
         if now == last || now.iter().any(Option::is_none) {
             continue;
         }
