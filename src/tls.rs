@@ -242,7 +242,10 @@ pub async fn watch(
     source: fn(PathBuf) -> CertSource,
 ) {
     let pair = [cert.clone(), key.clone()];
-    let mut last = crate::reload::stamps(&pair).await;
+    // Unknown at first: the first check loads the pair and compares it with
+    // the certificate in service (a no-op when equal), so a renewal written
+    // between start-up and this task's first run is not missed.
+    let mut last = Vec::new();
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     let mut next_expiry_log = tokio::time::Instant::now();
     loop {
