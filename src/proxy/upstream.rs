@@ -1,34 +1,47 @@
-//! The upstream side: a pooled HTTP/1.1 client per route whose connector
-//! resolves names again when it connects.
+//! The upstream side: a pool of HTTP/1.1 connections per route whose
+//! connector resolves names again when it connects.
 //!
 //! nginx resolves an upstream name once at start-up, so a Docker service
 //! that restarts with a new address gets 502s until nginx restarts. Here a
 //! name is looked up whenever a new connection is made (with a few seconds
 //! of cache), and every address it resolves to is tried in turn, so
 //! `localhost` works whether it means ::1 or 127.0.0.1 (AliasVault #1627).
+//!
+//! The pool is a stack of idle `hyper::client::conn` senders per server,
+//! found by a short scan of the route's few servers: no hashing of the
+//! authority per request, no checkout futures (the generic pooled client
+//! spent about a tenth of a proxied request's instructions there; see
+//! docs/benchmarks.md).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
-
-use hyper_util::client::legacy::connect::dns::Name;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::UpstreamBody;
 
-pub type HttpClient = Client<HttpConnector<Resolver>, UpstreamBody>;
-
 /// How long a resolved name is reused before it is looked up again.
 pub const DNS_TTL: Duration = Duration::from_secs(5);
+
+/// An idle connection is closed after this long unused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Idle connections kept per server; more are closed when returned.
+const MAX_IDLE: usize = 1024;
+
+/// Requests retried on a fresh connection when a pooled one turned out to
+/// be closed before the request was written (the upstream's keep-alive
+/// timer raced ours).
+const MAX_STALE: usize = 3;
 
 /// Builds the pooled client of one route.
 pub fn client(connect_timeout: Duration) -> HttpClient {
@@ -37,18 +50,229 @@ pub fn client(connect_timeout: Duration) -> HttpClient {
 
 /// [`client`] over a given resolver.
 pub fn client_with(resolver: Resolver, connect_timeout: Duration) -> HttpClient {
-    let mut connector = HttpConnector::new_with_resolver(resolver);
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        // The proxy sets Host itself: the client's, as it sent it.
-        .set_host(false)
-        .build(connector)
+    HttpClient {
+        inner: Arc::new(Inner {
+            resolver,
+            connect_timeout,
+            idle: Mutex::default(),
+        }),
+    }
+}
+
+/// The pooled HTTP/1.1 client of one route. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    resolver: Resolver,
+    connect_timeout: Duration,
+    /// Per server: idle senders, most recently used last.
+    idle: Mutex<Vec<(Authority, Vec<Idle>)>>,
+}
+
+struct Idle {
+    sender: http1::SendRequest<UpstreamBody>,
+    since: Instant,
+}
+
+/// Why an upstream request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (resolution, refusal, timeout).
+    #[error("connecting to {authority} failed")]
+    Connect {
+        authority: Authority,
+        #[source]
+        source: io::Error,
+    },
+    /// The connection failed while the request was sent or answered.
+    #[error("the upstream connection failed")]
+    Request(#[source] hyper::Error),
+    #[error("the request has no upstream address")]
+    NoAuthority,
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect { .. })
+    }
+}
+
+impl HttpClient {
+    /// Sends `req` (its URI names the server) on a pooled connection or a
+    /// new one, and returns the response head. The connection goes back to
+    /// the pool once the response body has been read to its end.
+    pub async fn request(
+        &self,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let authority = req
+            .uri()
+            .authority()
+            .cloned()
+            .ok_or(UpstreamError::NoAuthority)?;
+        // HTTP/1.1 to an origin server takes the origin form (RFC 9112
+        // §3.2.1): the path and query, byte for byte.
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+        let mut stale = 0;
+        loop {
+            let (mut sender, pooled) = match self.checkout(&authority) {
+                Some(s) => (s, true),
+                None => (self.connect(&authority).await?, false),
+            };
+            match sender.try_send_request(req).await {
+                Ok(res) => {
+                    self.give_back_when_ready(authority, sender);
+                    return Ok(res);
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: safe to send again, on a new connection
+                    // after a few stale pooled ones.
+                    Some(back) if pooled && stale < MAX_STALE => {
+                        stale += 1;
+                        req = back;
+                    }
+                    _ => return Err(UpstreamError::Request(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection to `authority` that is still
+    /// open; expired and closed ones are dropped on the way.
+    fn checkout(&self, authority: &Authority) -> Option<http1::SendRequest<UpstreamBody>> {
+        let mut idle = self.inner.lock();
+        let list = &mut idle.iter_mut().find(|(a, _)| a == authority)?.1;
+        while let Some(c) = list.pop() {
+            if c.sender.is_ready() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// Waits (in a task of its own) until the connection has finished the
+    /// response, then pools it. A connection that closes instead, or whose
+    /// response body is abandoned, is simply dropped.
+    fn give_back_when_ready(
+        &self,
+        authority: Authority,
+        mut sender: http1::SendRequest<UpstreamBody>,
+    ) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let mut idle = inner.lock();
+            let pos = match idle.iter().position(|(a, _)| *a == authority) {
+                Some(p) => p,
+                None => {
+                    idle.push((authority, Vec::new()));
+                    idle.len() - 1
+                }
+            };
+            let list = &mut idle[pos].1;
+            if list.len() >= MAX_IDLE {
+                // The oldest idle connection makes room.
+                list.remove(0);
+            }
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        });
+    }
+
+    /// A new connection: every resolved address in turn, sharing the
+    /// connect timeout; the connection runs in a task of its own.
+    async fn connect(
+        &self,
+        authority: &Authority,
+    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+        let fail = |source: io::Error| UpstreamError::Connect {
+            authority: authority.clone(),
+            source,
+        };
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = authority.port_u16().unwrap_or(80);
+        let addrs = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Arc::from([SocketAddr::new(ip, port)]),
+            Err(_) => {
+                let found = tokio::time::timeout(
+                    self.inner.connect_timeout,
+                    self.inner.resolver.resolve_name(host),
+                )
+                .await
+                .map_err(|_| {
+                    fail(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "name lookup timed out",
+                    ))
+                })?
+                .map_err(fail)?;
+                found
+                    .iter()
+                    .map(|a| SocketAddr::new(a.ip(), port))
+                    .collect::<Arc<[_]>>()
+            }
+        };
+        let per_address = (self.inner.connect_timeout / addrs.len() as u32)
+            .max(self.inner.connect_timeout.min(Duration::from_secs(1)));
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for addr in addrs.iter() {
+            let stream =
+                match tokio::time::timeout(per_address, tokio::net::TcpStream::connect(addr)).await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        last = io::Error::new(e.kind(), format!("{addr}: {e}"));
+                        continue;
+                    }
+                    Err(_) => {
+                        last = io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("{addr}: connect timed out"),
+                        );
+                        continue;
+                    }
+                };
+            let _ = stream.set_nodelay(true);
+            let sock = socket2::SockRef::from(&stream);
+            let _ = sock.set_tcp_keepalive(
+                &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)),
+            );
+            let (sender, conn) = http1::Builder::new()
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| fail(io::Error::other(e)))?;
+            // Upgrades (WebSockets) hand the connection over after a 101.
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!("upstream connection ended: {e}");
+                }
+            });
+            return Ok(sender);
+        }
+        Err(fail(last))
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Authority, Vec<Idle>)>> {
+        // Held for a scan of a few entries and a push or pop.
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 type Lookup = Arc<
@@ -58,7 +282,7 @@ type Lookup = Arc<
 >;
 
 /// Name → (when it was looked up, its addresses).
-type Cache = HashMap<String, (Instant, Arc<[SocketAddr]>)>;
+type Cache = std::collections::HashMap<String, (Instant, Arc<[SocketAddr]>)>;
 
 /// A DNS resolver with a short positive cache. Failures are not cached, so
 /// a service that comes up is found on the next attempt.
@@ -115,39 +339,6 @@ impl Resolver {
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         // Held only for a map lookup or insert; a poisoned map is still valid.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// The addresses of one lookup, in resolver order.
-pub struct Addrs {
-    addrs: Arc<[SocketAddr]>,
-    next: usize,
-}
-
-impl Iterator for Addrs {
-    type Item = SocketAddr;
-    fn next(&mut self) -> Option<SocketAddr> {
-        let a = self.addrs.get(self.next).copied();
-        self.next += 1;
-        a
-    }
-}
-
-impl tower_service::Service<Name> for Resolver {
-    type Response = Addrs;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Addrs>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), io::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, name: Name) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let addrs = this.resolve_name(name.as_str()).await?;
-            Ok(Addrs { addrs, next: 0 })
-        })
     }
 }
 

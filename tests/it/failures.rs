@@ -198,3 +198,37 @@ async fn a_client_that_goes_away_cancels_the_upstream_request() {
         .expect("upstream request cancelled");
     px.stop().await;
 }
+
+#[tokio::test]
+async fn an_upstream_closing_each_kept_alive_connection_costs_no_request() {
+    // The upstream answers as if it kept the connection (no `Connection:
+    // close`) and then closes it: every pooled connection is stale when the
+    // next request comes. Each request must still succeed, on a new
+    // connection when the pooled one turns out to be closed.
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = conns.clone();
+    let addr = raw_upstream(move |mut s| {
+        let c = c.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+                .await;
+            let _ = s.shutdown().await;
+        }
+    })
+    .await;
+    let px = Proxy::start(&format!(
+        "force_https_redirect = false\n{}",
+        routes(&[("/", &format!("http://{addr}"))])
+    ))
+    .await;
+    for i in 0..20 {
+        let res = within(px.send(Proto::H1, get("/", "h"))).await.unwrap();
+        assert_eq!(res.status, StatusCode::OK, "request {i}");
+        assert_eq!(res.text(), "OK");
+    }
+    assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 20);
+    px.stop().await;
+}
