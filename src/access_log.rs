@@ -289,7 +289,13 @@ pub fn request_id(incoming: Option<&HeaderValue>) -> HeaderValue {
         s.set(x);
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     });
-    HeaderValue::from_str(&format!("{n:016x}")).expect("invariant: hex is a valid header value")
+    // Hex by hand: no formatter and no intermediate String per request.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&digits).expect("invariant: hex is a valid header value")
 }
 
 #[cfg(test)]
@@ -359,6 +365,7 @@ mod tests {
         let a = request_id(None);
         let b = request_id(None);
         assert_eq!(a.len(), 16);
+        assert!(a.as_bytes().iter().all(u8::is_ascii_hexdigit), "{a:?}");
         assert_ne!(a, b);
         assert_ne!(
             request_id(Some(&HeaderValue::from_static("has space"))),

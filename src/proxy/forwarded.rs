@@ -23,65 +23,76 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Runs twice per request. One pass over the names first: most messages
     // carry at most `Connection: keep-alive`, and a lookup by name costs a
-    // hash each, so the removals below only run when there is work.
-    if !headers.keys().any(is_hop_by_hop) {
+    // hash each, so only the fields present are looked up and removed.
+    let present = headers
+        .keys()
+        .fold(0u8, |acc, name| acc | hop_by_hop_bit(name));
+    if present == 0 {
         return false;
     }
+    let has = |i: usize| present & (1 << i) != 0;
     // Fields named by Connection, besides the fixed set removed anyway.
     // Collected first (the map cannot change while it is read); the usual
     // tokens allocate nothing.
     let mut named: Vec<HeaderName> = Vec::new();
-    for v in headers.get_all(header::CONNECTION) {
-        let Ok(v) = v.to_str() else { continue };
-        for token in v.split(',').map(str::trim) {
-            if token.eq_ignore_ascii_case("keep-alive")
-                || token.eq_ignore_ascii_case("close")
-                || token.eq_ignore_ascii_case("upgrade")
-                || token.is_empty()
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
+    if has(0) {
+        for v in headers.get_all(header::CONNECTION) {
+            let Ok(v) = v.to_str() else { continue };
+            for token in v.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("upgrade")
+                    || token.is_empty()
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(name);
+                }
             }
         }
     }
     for name in named {
         headers.remove(name);
     }
-    let te_trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &HTTP2_SETTINGS,
-    ] {
-        headers.remove(name);
+    let te_trailers = has(3)
+        && headers
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| {
+                t.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if has(i) {
+            headers.remove(*name);
+        }
     }
     te_trailers
 }
 
-/// One of the fixed hop-by-hop fields (RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-        || name == HTTP2_SETTINGS
+/// The fixed hop-by-hop fields (RFC 9110 §7.6.1), in the bit order of
+/// [`hop_by_hop_bit`].
+static HOP_BY_HOP: [&HeaderName; 7] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &HTTP2_SETTINGS,
+];
+
+/// The bit of a fixed hop-by-hop field, 0 for any other name. Standard
+/// names compare as enum values, so most fields cost a few comparisons.
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    HOP_BY_HOP
+        .iter()
+        .position(|h| *h == name)
+        .map_or(0, |i| 1 << i)
 }
 
 /// What the proxy observed about the client's connection.
@@ -260,6 +271,32 @@ mod tests {
         assert_eq!(h["x-kept"], "yes");
         let mut h = map(&[("te", "gzip")]);
         assert!(!strip_hop_by_hop(&mut h));
+    }
+
+    #[test]
+    fn each_hop_by_hop_field_alone_is_removed() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+            "http2-settings",
+        ] {
+            let mut h = map(&[(name, "x"), ("x-kept", "yes")]);
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 1, "{name}");
+            assert_eq!(h["x-kept"], "yes");
+        }
+        let mut h = map(&[("x-kept", "yes")]);
+        assert!(!strip_hop_by_hop(&mut h));
+        assert_eq!(h.len(), 1);
+        // Two Connection fields: the fields both name go.
+        let mut h = map(&[("connection", "x-a"), ("x-a", "1"), ("x-b", "2")]);
+        h.append("connection", HeaderValue::from_static("x-b"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]
