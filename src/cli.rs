@@ -226,6 +226,10 @@ pub async fn serve_until_signal(
     started: impl FnOnce(&Server),
 ) -> ExitCode {
     let grace = cfg.grace_period;
+    // Stamped before the server is up and announced: a change made once
+    // it is listening is a change, never the starting point.
+    let watched = origin.as_ref().map(|o| o.watched()).unwrap_or_default();
+    let mut seen = crate::reload::stamps(&watched).await;
     let mut server = match Server::start(cfg).await {
         Ok(s) => s,
         Err(StartError::Config(e)) => {
@@ -238,8 +242,6 @@ pub async fn serve_until_signal(
         }
     };
     started(&server);
-    let watched = origin.as_ref().map(|o| o.watched()).unwrap_or_default();
-    let mut seen = crate::reload::stamps(&watched).await;
     let mut pending: Option<Vec<_>> = None;
     let mut tick = tokio::time::interval(crate::reload::WATCH_INTERVAL);
     let mut hangup = hangup_signal();
