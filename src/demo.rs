@@ -149,7 +149,13 @@ async fn answer(
     Ok(match kind {
         Service::Client => page("text/html; charset=utf-8", CLIENT_PAGE),
         Service::Api => page("text/plain; charset=utf-8", "OK"),
-        Service::Admin if req.uri().path() == "/admin/ws" => {
+        // Blazor Server's SignalR negotiate, so `gatehouse doctor` finds the
+        // admin WebSocket where it looks for AliasVault's.
+        Service::Admin if req.uri().path() == "/admin/_blazor/negotiate" => page(
+            "application/json",
+            r#"{"negotiateVersion":1,"connectionToken":"demo"}"#,
+        ),
+        Service::Admin if matches!(req.uri().path(), "/admin/ws" | "/admin/_blazor") => {
             let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
                 let mut res = page("text/plain", "expected a WebSocket upgrade");
                 *res.status_mut() = StatusCode::BAD_REQUEST;

@@ -470,6 +470,26 @@ async fn demo_serves_all_three_services_and_a_websocket() {
         .unwrap();
     let back = within(ws.next()).await.unwrap().unwrap();
     assert_eq!(back.into_text().unwrap().as_str(), "ping 1");
+    // `gatehouse doctor` against the demo: every check of the Testing list
+    // passes, and the one problem is the certificate nobody can verify.
+    let (code, out, _) = run(
+        dir.path(),
+        &["doctor", &format!("https://localhost:{https}"), "--json"],
+        &[],
+    )
+    .await;
+    assert_eq!(code, 1, "{out}");
+    let o: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<&str> = o["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["tls-verify"], "{out}");
+    for c in o["checks"].as_array().unwrap() {
+        assert!(c["ok"] == true || c["name"] == "connection", "{out}");
+    }
     p.signal("INT");
     assert_eq!(p.exit_code().await, 0);
 }
