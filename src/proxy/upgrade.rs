@@ -209,6 +209,9 @@ where
     let mut buf_a = vec![0u8; 16 * 1024];
     let mut buf_b = vec![0u8; 16 * 1024];
     let (mut a_open, mut b_open) = (true, true);
+    // The timer is moved only when it fires: each message just notes the
+    // time, which is far cheaper than re-arming a timer per message.
+    let mut last = tokio::time::Instant::now();
     let deadline = tokio::time::sleep(idle);
     tokio::pin!(deadline);
     while a_open || b_open {
@@ -233,9 +236,16 @@ where
                     a.flush().await?;
                 }
             }
-            () = &mut deadline => return Ok(Closed::Idle),
+            () = &mut deadline => {
+                let quiet_until = last + idle;
+                if quiet_until <= tokio::time::Instant::now() {
+                    return Ok(Closed::Idle);
+                }
+                deadline.as_mut().reset(quiet_until);
+                continue;
+            }
         }
-        deadline.as_mut().reset(tokio::time::Instant::now() + idle);
+        last = tokio::time::Instant::now();
     }
     Ok(Closed::Eof)
 }
@@ -265,6 +275,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(r.unwrap(), Closed::Eof);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_keeps_a_splice_open_past_the_idle_limit() {
+        let (mut a_outer, mut a_inner) = tokio::io::duplex(64);
+        let (mut b_inner, mut b_outer) = tokio::io::duplex(64);
+        let task = tokio::spawn(async move {
+            splice(&mut a_inner, &mut b_inner, Duration::from_secs(10)).await
+        });
+        let mut buf = [0u8; 1];
+        for _ in 0..3 {
+            // A message every 6 s: 18 s in all, never 10 s of silence.
+            a_outer.write_all(b"x").await.unwrap();
+            b_outer.read_exact(&mut buf).await.unwrap();
+            tokio::time::advance(Duration::from_secs(6)).await;
+            tokio::task::yield_now().await;
+            assert!(!task.is_finished());
+        }
+        // Then silence: closed once 10 s have passed since the last byte.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let r = tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.unwrap(), Closed::Idle);
     }
 
     #[tokio::test(start_paused = true)]
