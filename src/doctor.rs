@@ -759,13 +759,22 @@ impl Doctor<'_> {
                 missing.push("X-Forwarded-Proto");
             }
             if !missing.is_empty() {
+                let mut lost = Vec::new();
+                if missing.contains(&"X-Forwarded-For") {
+                    lost.push(
+                        "Gatehouse and the apps see the proxy's address instead of the client's",
+                    );
+                }
+                if missing.contains(&"X-Forwarded-Proto") {
+                    lost.push("they take the HTTPS request for plain HTTP");
+                }
                 self.out.find(
                     "forwarding-headers",
                     None,
                     format!(
-                        "The proxy in front ({peer_ip}) does not send {}: Gatehouse and the apps \
-                         see the proxy's address instead of the client's.",
-                        missing.join(" or ")
+                        "The proxy in front ({peer_ip}) does not send {}: {}.",
+                        missing.join(" or "),
+                        lost.join(", and ")
                     ),
                     FIX_FORWARDING,
                 );
@@ -925,6 +934,7 @@ impl Doctor<'_> {
             out.has("websocket-headers", None)
                 || out.has("path-rewritten", Some(&path))
                 || out.has("moved", None)
+                || out.has("https-redirect", None)
         };
         match self
             .t
@@ -1044,6 +1054,11 @@ impl Doctor<'_> {
                             false,
                             format!("{url}: {} to {location}", status.as_u16()),
                         );
+                        // Behind a proxy, that is Gatehouse's HTTPS redirect,
+                        // already diagnosed with its cause.
+                        if self.out.has("https-redirect", None) {
+                            return;
+                        }
                         self.out.find(
                             "moved",
                             None,

@@ -661,6 +661,106 @@ async fn broken_nginx_is_diagnosed_as_exactly_its_two_faults() {
 }
 
 #[tokio::test]
+async fn a_bare_nginx_is_diagnosed_as_dropping_host_and_forwarding_headers() {
+    // What many first attempts look like: upgrades handled, but nginx's
+    // defaults for the rest (Host becomes the upstream's address, no
+    // X-Forwarded-For).
+    let apps = apps().await;
+    let proxy = gatehouse(&apps, "127.0.0.1/32,::1/128").await;
+    let site = site();
+    let port = free_port();
+    let conf = format!(
+        "server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name {HOST};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    location / {{
+        proxy_pass https://127.0.0.1:{gh};
+        proxy_http_version 1.1;
+        proxy_set_header Upgrade $http_upgrade;
+        proxy_set_header Connection \"upgrade\";
+    }}
+}}
+",
+        cert = site.cert.display(),
+        key = site.key.display(),
+        gh = proxy.https.port(),
+    );
+    let front = start_front("nginx", &site, port, &conf).await;
+    let (code, json, text) = doctor(&front, &site).await;
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(
+        finding_ids(&json),
+        ["forwarding-headers", "host-rewritten"],
+        "{text}"
+    );
+    let f = json["findings"].as_array().unwrap();
+    let host = f.iter().find(|f| f["id"] == "host-rewritten").unwrap();
+    assert!(
+        host["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("127.0.0.1:{}", proxy.https.port())),
+        "{text}"
+    );
+    let fwd = f.iter().find(|f| f["id"] == "forwarding-headers").unwrap();
+    assert!(
+        fwd["message"].as_str().unwrap().contains("X-Forwarded-For"),
+        "{text}"
+    );
+    // The Testing list itself passes: only the diagnosis finds the faults.
+    for c in json["checks"].as_array().unwrap() {
+        assert_eq!(c["ok"], true, "{text}");
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_proxy_on_the_http_port_without_the_scheme_is_told_about_the_redirect() {
+    let apps = apps().await;
+    let proxy = gatehouse(&apps, "127.0.0.1/32,::1/128").await;
+    let site = site();
+    let port = free_port();
+    // Gatehouse's HTTP port, and no X-Forwarded-Proto: every request gets
+    // the HTTPS redirect (browsers loop between the two).
+    let conf = format!(
+        "server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name {HOST};
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_http_version 1.1;
+    proxy_set_header Upgrade $http_upgrade;
+    proxy_set_header Connection \"upgrade\";
+    location / {{ proxy_pass http://127.0.0.1:{gh}; }}
+}}
+",
+        cert = site.cert.display(),
+        key = site.key.display(),
+        gh = proxy.http.port(),
+    );
+    let front = start_front("nginx", &site, port, &conf).await;
+    let (code, json, text) = doctor(&front, &site).await;
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(
+        finding_ids(&json),
+        ["forwarding-headers", "https-redirect"],
+        "{text}"
+    );
+    let f = json["findings"].as_array().unwrap();
+    let fwd = f.iter().find(|f| f["id"] == "forwarding-headers").unwrap();
+    let msg = fwd["message"].as_str().unwrap();
+    assert!(
+        msg.contains("X-Forwarded-Proto") && msg.contains("plain HTTP"),
+        "{text}"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn nginx_in_front_of_a_stopped_gatehouse_is_named_as_the_one_answering() {
     let apps = apps().await;
     let proxy = gatehouse(&apps, "127.0.0.1/32,::1/128").await;
