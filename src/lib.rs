@@ -7,13 +7,16 @@
 //! handle():  rt = runtime snapshot (one per request); client = Client::of
 //!            (trusted X-Forwarded-For walk, request id)
 //!   inner(): ambiguous HTTP/1 framing (framing.rs)     → 400
-//!            plain HTTP: ACME challenge | 301 to HTTPS
+//!            Gatehouse-Diagnostics token (when configured) → report
+//!            plain HTTP: ACME challenge | 301 to HTTPS (unless a trusted
+//!            proxy says https)
 //!            select_route (longest prefix, allow/deny, fall-through) → 404 | 403
 //!            admit_rate (per-address limiter)           → 429
 //!            admit_body (Content-Length over max_body)  → 413
 //!            upgrade::h1 | upgrade::h2_websocket        (tunnels own their state)
 //!            prepare_upstream (Host, hop-by-hop, X-Forwarded-*, X-Request-Id)
-//!            send (pooled client, timeout)              → 503 status page
+//!            send (per-route pool of HTTP/1.1 senders, balancing, retry,
+//!            timeout)                                   → 503 status page
 //!            finish_response (hop-by-hop, Location, compression)
 //!   outer:   error → log once → ProxyError::into_response; security headers;
 //!            metrics; access-log entry written when the body ends
