@@ -214,22 +214,6 @@ fn config(
     )
 }
 
-async fn run_cert(dir: &Path) -> (i32, String) {
-    let out = within(
-        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-            .arg("cert")
-            .current_dir(dir)
-            .env_clear()
-            .output(),
-    )
-    .await
-    .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http01_issues_a_certificate_in_certbot_layout() {
     let dir = tempfile::tempdir().unwrap();
@@ -258,7 +242,7 @@ async fn http01_issues_a_certificate_in_certbot_layout() {
         .join("account.json");
     assert_eq!(mode(&account), 0o600);
     // `gatehouse cert` reports the same certificate.
-    let (code, out) = run_cert(px.dir.path()).await;
+    let (code, out, _) = run(px.dir.path(), &["cert"], &[]).await;
     assert_eq!(code, 0, "{out}");
     assert!(out.contains(&format!("SHA-256:      {fp}")), "{out}");
     assert!(out.contains("source:       ACME"), "{out}");
@@ -320,7 +304,7 @@ async fn short_lived_certificates_are_renewed() {
     let roots = pebble.issuing_root().await;
     let first = wait_issued(&px, &roots, None, Duration::from_secs(90)).await;
     // It expires within 7 days: `gatehouse cert` says so with its status.
-    let (code, out) = run_cert(px.dir.path()).await;
+    let (code, out, _) = run(px.dir.path(), &["cert"], &[]).await;
     assert_eq!(code, 1, "{out}");
     let second = wait_issued(&px, &roots, Some(&first), Duration::from_secs(90)).await;
     assert_ne!(first, second);

@@ -2,17 +2,13 @@
 //! exit codes, memory under a large download, and the config golden cases.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::StatusCode;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::support::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 
 /// The configuration file from the issue, exactly as written there.
 const ISSUE_FILE: &str = r#"http_port = 80
@@ -36,109 +32,6 @@ upstream = "http://api:3001"
 path = "/"
 upstream = "http://client:3000"
 "#;
-
-/// Runs the binary to completion with a clean environment.
-async fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .current_dir(dir)
-        .env_clear()
-        .envs(env.iter().copied());
-    let out = within(cmd.output()).await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A served process whose stdout lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .current_dir(dir)
-            .env_clear()
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(stream).lines();
-                while let Ok(Some(l)) = r.next_line().await {
-                    if tx.send(l).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a line containing `needle` and returns it.
-    async fn wait_for(&mut self, needle: &str) -> String {
-        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
-            return l.clone();
-        }
-        loop {
-            let line = within(self.lines.recv()).await.unwrap_or_else(|| {
-                panic!(
-                    "exited before printing {needle:?}; saw:\n{}",
-                    self.seen.join("\n")
-                )
-            });
-            self.seen.push(line.clone());
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    }
-
-    /// The port of the first `scheme://host:PORT` printed after `prefix`.
-    async fn port_after(&mut self, prefix: &str) -> u16 {
-        let line = self.wait_for(prefix).await;
-        let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        digits
-            .parse()
-            .unwrap_or_else(|_| panic!("no port in {line:?}"))
-    }
-
-    fn signal(&self, sig: &str) {
-        let pid = self.child.id().unwrap().to_string();
-        let ok = std::process::Command::new("kill")
-            .args(["-s", sig, &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-
-    async fn exit_code(&mut self) -> i32 {
-        within(self.child.wait())
-            .await
-            .unwrap()
-            .code()
-            .unwrap_or(-1)
-    }
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);

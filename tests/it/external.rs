@@ -16,7 +16,6 @@ use tokio::process::{Child, Command};
 
 use crate::support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
 const TOKEN: &str = "doctor-test-token-0123456789";
 const HOST: &str = "gatehouse.test";
 /// The connection token the fake Blazor negotiate hands out.
@@ -585,23 +584,15 @@ async fn broken_nginx_is_diagnosed_as_exactly_its_two_faults() {
     // The two classic mistakes: no Upgrade/Connection headers, and a
     // proxy_pass with a URI part that strips /admin.
     let up = format!("https://127.0.0.1:{}", proxy.https.port());
-    let conf = format!(
-        "server {{
-    listen 127.0.0.1:{port} ssl;
-    server_name {HOST};
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    proxy_set_header Host $host;
+    let body = format!(
+        "    proxy_set_header Host $host;
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_set_header X-Forwarded-Proto $scheme;
     location / {{ proxy_pass {up}; }}
     location /admin/ {{ proxy_pass {up}/; }}
-}}
-",
-        cert = site.cert.display(),
-        key = site.key.display(),
+"
     );
-    let front = start_nginx(&site, port, &conf).await;
+    let front = hand_written_nginx(&site, port, &body).await;
     let (code, json, text) = doctor(&front, &site).await;
     assert_eq!(code, 1, "{text}");
     assert_eq!(
@@ -609,11 +600,7 @@ async fn broken_nginx_is_diagnosed_as_exactly_its_two_faults() {
         ["path-rewritten", "websocket-headers"],
         "{text}"
     );
-    let findings = json["findings"].as_array().unwrap();
-    let path = findings
-        .iter()
-        .find(|f| f["id"] == "path-rewritten")
-        .unwrap();
+    let path = finding(&json, "path-rewritten");
     assert_eq!(path["path"], "/admin");
     assert!(
         path["message"]
@@ -626,10 +613,7 @@ async fn broken_nginx_is_diagnosed_as_exactly_its_two_faults() {
         path["fix"].as_str().unwrap().contains("no URI part"),
         "{text}"
     );
-    let ws = findings
-        .iter()
-        .find(|f| f["id"] == "websocket-headers")
-        .unwrap();
+    let ws = finding(&json, "websocket-headers");
     assert!(
         ws["fix"]
             .as_str()
@@ -669,25 +653,17 @@ async fn a_bare_nginx_is_diagnosed_as_dropping_host_and_forwarding_headers() {
     let proxy = gatehouse(&apps, "127.0.0.1/32,::1/128").await;
     let site = site();
     let port = free_port();
-    let conf = format!(
-        "server {{
-    listen 127.0.0.1:{port} ssl;
-    server_name {HOST};
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    location / {{
+    let body = format!(
+        "    location / {{
         proxy_pass https://127.0.0.1:{gh};
         proxy_http_version 1.1;
         proxy_set_header Upgrade $http_upgrade;
         proxy_set_header Connection \"upgrade\";
     }}
-}}
 ",
-        cert = site.cert.display(),
-        key = site.key.display(),
-        gh = proxy.https.port(),
+        gh = proxy.https.port()
     );
-    let front = start_front("nginx", &site, port, &conf).await;
+    let front = hand_written_nginx(&site, port, &body).await;
     let (code, json, text) = doctor(&front, &site).await;
     assert_eq!(code, 1, "{text}");
     assert_eq!(
@@ -695,8 +671,7 @@ async fn a_bare_nginx_is_diagnosed_as_dropping_host_and_forwarding_headers() {
         ["forwarding-headers", "host-rewritten"],
         "{text}"
     );
-    let f = json["findings"].as_array().unwrap();
-    let host = f.iter().find(|f| f["id"] == "host-rewritten").unwrap();
+    let host = finding(&json, "host-rewritten");
     assert!(
         host["message"]
             .as_str()
@@ -704,7 +679,7 @@ async fn a_bare_nginx_is_diagnosed_as_dropping_host_and_forwarding_headers() {
             .contains(&format!("127.0.0.1:{}", proxy.https.port())),
         "{text}"
     );
-    let fwd = f.iter().find(|f| f["id"] == "forwarding-headers").unwrap();
+    let fwd = finding(&json, "forwarding-headers");
     assert!(
         fwd["message"].as_str().unwrap().contains("X-Forwarded-For"),
         "{text}"
@@ -724,25 +699,17 @@ async fn a_proxy_on_the_http_port_without_the_scheme_is_told_about_the_redirect(
     let port = free_port();
     // Gatehouse's HTTP port, and no X-Forwarded-Proto: every request gets
     // the HTTPS redirect (browsers loop between the two).
-    let conf = format!(
-        "server {{
-    listen 127.0.0.1:{port} ssl;
-    server_name {HOST};
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    proxy_set_header Host $host;
+    let body = format!(
+        "    proxy_set_header Host $host;
     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
     proxy_http_version 1.1;
     proxy_set_header Upgrade $http_upgrade;
     proxy_set_header Connection \"upgrade\";
     location / {{ proxy_pass http://127.0.0.1:{gh}; }}
-}}
 ",
-        cert = site.cert.display(),
-        key = site.key.display(),
-        gh = proxy.http.port(),
+        gh = proxy.http.port()
     );
-    let front = start_front("nginx", &site, port, &conf).await;
+    let front = hand_written_nginx(&site, port, &body).await;
     let (code, json, text) = doctor(&front, &site).await;
     assert_eq!(code, 1, "{text}");
     assert_eq!(
@@ -750,8 +717,7 @@ async fn a_proxy_on_the_http_port_without_the_scheme_is_told_about_the_redirect(
         ["forwarding-headers", "https-redirect"],
         "{text}"
     );
-    let f = json["findings"].as_array().unwrap();
-    let fwd = f.iter().find(|f| f["id"] == "forwarding-headers").unwrap();
+    let fwd = finding(&json, "forwarding-headers");
     let msg = fwd["message"].as_str().unwrap();
     assert!(
         msg.contains("X-Forwarded-Proto") && msg.contains("plain HTTP"),
@@ -811,6 +777,28 @@ fn is_root() -> bool {
         .unwrap_or_default()
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// nginx with a configuration written by hand: `body` inside a server
+/// block that terminates TLS for HOST on `port` with the site certificate.
+async fn hand_written_nginx(site: &Site, port: u16, body: &str) -> Front {
+    let conf = format!(
+        "server {{\n    listen 127.0.0.1:{port} ssl;\n    server_name {HOST};\n    \
+         ssl_certificate {};\n    ssl_certificate_key {};\n{body}}}\n",
+        site.cert.display(),
+        site.key.display()
+    );
+    start_nginx(site, port, &conf).await
+}
+
+/// The finding with this id in the doctor's JSON.
+fn finding<'a>(json: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["id"] == id)
+        .unwrap_or_else(|| panic!("no finding {id}: {json}"))
 }
 
 /// Starts KIND on the configuration `gatehouse external` printed.

@@ -155,32 +155,8 @@ async fn file_changes_and_sighup_reload_the_binary() {
         .unwrap()
     };
     write(&a.url());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .current_dir(dir.path())
-        .env_clear()
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut wait_for = async |needle: &str| -> String {
-        loop {
-            let line = within(lines.next_line()).await.unwrap().expect("exited");
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    };
-    let line = wait_for("listening on http://127.0.0.1:").await;
-    let port: u16 = line
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let mut p = Running::spawn(dir.path(), &[], &[]);
+    let port = p.port_after("listening on http://127.0.0.1:").await;
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let get_text = async || {
         send(Proto::H1, addr, std::path::Path::new(""), get("/", "h"))
@@ -190,32 +166,23 @@ async fn file_changes_and_sighup_reload_the_binary() {
     };
     assert_eq!(get_text().await, "A");
     write(&b.url());
-    wait_for("config reloaded (generation 2)").await;
+    p.wait_for("config reloaded (generation 2)").await;
     assert_eq!(get_text().await, "B");
     std::fs::write(
         dir.path().join("gatehouse.toml"),
         "http_port = 0\n[[route]]\npath = \"/\"\nupstrem = \"x\"\n",
     )
     .unwrap();
-    wait_for("reload (file change) rejected").await;
-    wait_for("gatehouse.toml:4:1: upstrem").await;
+    p.wait_for("reload (file change) rejected").await;
+    p.wait_for("gatehouse.toml:4:1: upstrem").await;
     assert_eq!(get_text().await, "B", "the old configuration keeps serving");
     write(&a.url());
-    wait_for("config reloaded (generation 3)").await;
+    p.wait_for("config reloaded (generation 3)").await;
     assert_eq!(get_text().await, "A");
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-s", "HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    wait_for("config reloaded (generation 4)").await;
-    assert!(std::process::Command::new("kill")
-        .args(["-s", "TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(within(child.wait()).await.unwrap().code(), Some(0));
+    p.signal("HUP");
+    p.wait_for("config reloaded (generation 4)").await;
+    p.signal("TERM");
+    assert_eq!(p.exit_code().await, 0);
 }
 
 /// Prometheus text format: every sample line is `name{labels} value`.
@@ -270,42 +237,15 @@ async fn metrics_health_and_the_reload_command() {
         ),
     )
     .unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-        .current_dir(dir.path())
-        .env_clear()
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut port = 0u16;
-    loop {
-        let line = within(lines.next_line()).await.unwrap().expect("exited");
-        if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
-            port = rest.split(' ').next().unwrap().parse().unwrap();
-        }
-        if line.contains(&format!(
-            "metrics and health on http://127.0.0.1:{metrics_port}"
-        )) {
-            break;
-        }
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut p = Running::spawn(dir.path(), &[], &[]);
+    let port = p.port_after("listening on http://127.0.0.1:").await;
+    p.wait_for(&format!(
+        "metrics and health on http://127.0.0.1:{metrics_port}"
+    ))
+    .await;
     let cli = async |args: &[&str]| {
-        let out = within(
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
-                .args(args)
-                .current_dir(dir.path())
-                .env_clear()
-                .output(),
-        )
-        .await
-        .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (code, out, _) = run(dir.path(), args, &[]).await;
+        (code, out)
     };
     // Not ready until every upstream was reached or marked down.
     let (code, out) = cli(&["health"]).await;
@@ -389,13 +329,8 @@ async fn metrics_health_and_the_reload_command() {
         (0, "config reloaded (generation 2)\n")
     );
     assert_eq!(scrape().await["gatehouse_config_generation"], 2.0);
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-s", "TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    assert_eq!(within(child.wait()).await.unwrap().code(), Some(0));
+    p.signal("TERM");
+    assert_eq!(p.exit_code().await, 0);
 }
 
 /// Issue 5 point 2: JSON access log lines, request ids, and a stdout that

@@ -272,6 +272,122 @@ pub fn free_port() -> u16 {
     panic!("no free port in {base}..{low}");
 }
 
+// ------------------------------------------------------------- the binary
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatehouse");
+
+/// Runs the binary to completion with a clean environment.
+pub async fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied());
+    let out = within(cmd.output()).await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A served process whose stdout lines arrive on a channel.
+pub struct Running {
+    pub child: tokio::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut child = tokio::process::Command::new(BIN)
+            .args(args)
+            .current_dir(dir)
+            .env_clear()
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut r = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stream));
+                while let Ok(Some(l)) = r.next_line().await {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `needle` and returns it.
+    pub async fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            let line = within(self.lines.recv()).await.unwrap_or_else(|| {
+                panic!(
+                    "exited before printing {needle:?}; saw:\n{}",
+                    self.seen.join("\n")
+                )
+            });
+            self.seen.push(line.clone());
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    /// The next line not read yet (by this or by `wait_for`).
+    pub async fn next_line(&mut self) -> String {
+        let line = within(self.lines.recv())
+            .await
+            .unwrap_or_else(|| panic!("exited; saw:\n{}", self.seen.join("\n")));
+        self.seen.push(line.clone());
+        line
+    }
+
+    /// The port of the first `scheme://host:PORT` printed after `prefix`.
+    pub async fn port_after(&mut self, prefix: &str) -> u16 {
+        let line = self.wait_for(prefix).await;
+        let rest = &line[line.find(prefix).unwrap() + prefix.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("no port in {line:?}"))
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.id().unwrap().to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-s", sig, &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub async fn exit_code(&mut self) -> i32 {
+        within(self.child.wait())
+            .await
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+}
+
 // -------------------------------------------------------------------- proxy
 
 pub struct Proxy {
