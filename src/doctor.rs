@@ -789,7 +789,10 @@ impl Doctor<'_> {
                     ),
                     &format!(
                         "Add the proxy's address to Gatehouse's .env: TRUSTED_PROXIES={}",
-                        cidr_of(&peer_ip)
+                        // One address as a range, e.g. 127.0.0.1/32.
+                        peer_ip
+                            .parse::<crate::policy::ip::Cidr>()
+                            .map_or_else(|_| peer_ip.clone(), |c| c.to_string())
                     ),
                 );
             }
@@ -1332,13 +1335,4 @@ fn url_escape(s: &str) -> String {
         }
     }
     out
-}
-
-/// The single-address range for TRUSTED_PROXIES.
-fn cidr_of(ip: &str) -> String {
-    if ip.contains(':') {
-        format!("{ip}/128")
-    } else {
-        format!("{ip}/32")
-    }
 }
