@@ -2,6 +2,7 @@
 //! common paths (an upstream body passed through, a small page of ours) cost
 //! no boxing; only compressed responses are boxed.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -35,6 +36,7 @@ pin_project! {
         #[pin]
         kind: Kind,
         log: Option<Box<crate::access_log::Entry>>,
+        busy: Option<Busy>,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -65,15 +67,42 @@ impl ResponseBody {
         Self::from(Kind::Boxed { body })
     }
 
+    /// Keeps the connection counted as busy until this body is done, so
+    /// its idle limits and eviction leave it alone meanwhile.
+    pub fn set_busy(&mut self, busy: Busy) {
+        self.busy = Some(busy);
+    }
+
     /// Attaches the access-log entry written when this body ends.
     pub fn set_log(&mut self, entry: Box<crate::access_log::Entry>) {
         self.log = Some(entry);
     }
 }
 
+/// A request in flight on its connection, from its start until its
+/// response body is done (see [`ResponseBody::set_busy`]).
+pub struct Busy(std::sync::Arc<crate::framing::ConnState>);
+
+impl Busy {
+    pub fn enter(conn: &std::sync::Arc<crate::framing::ConnState>) -> Busy {
+        conn.enter();
+        Busy(conn.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.leave();
+    }
+}
+
 impl From<Kind> for ResponseBody {
     fn from(kind: Kind) -> Self {
-        ResponseBody { kind, log: None }
+        ResponseBody {
+            kind,
+            log: None,
+            busy: None,
+        }
     }
 }
 
@@ -135,29 +164,86 @@ pub struct BodyTooLarge {
     pub limit: u64,
 }
 
-pin_project! {
-    /// What the proxy sends upstream: the client's body, counted against the
-    /// route's `max_body` as it streams.
-    pub struct UpstreamBody {
-        #[pin]
-        inner: Option<Incoming>,
-        seen: u64,
-        limit: u64,
-        // Shared with the access-log entry when logging is on.
-        counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+/// How far a streamed request body has got, shared between the body (in
+/// the upstream connection's task) and the request waiting for the answer:
+/// the response timeout starts only once the body has been sent (issue 10
+/// point 1).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The body has ended.
+    pub done: tokio::sync::Notify,
+    ended: std::sync::atomic::AtomicBool,
+    /// When the body last moved (`clock::now_nanos`).
+    last: std::sync::atomic::AtomicU64,
+    /// The body is waiting for the client (not for the upstream to read).
+    on_client: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    pub fn ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Nanoseconds since the body last moved, when the upstream (not the
+    /// client) is what it waits for; `None` while it waits for the client.
+    pub fn upstream_stall(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Acquire;
+        if self.on_client.load(Acquire) {
+            return None;
+        }
+        Some(crate::clock::now_nanos().saturating_sub(self.last.load(Acquire)))
     }
 }
+
+/// What the proxy sends upstream: the client's body, counted against the
+/// route's `max_body` as it streams, with the route's idle limit between
+/// reads (`client_body_timeout`), and the part read ahead of time replayed
+/// first (`request_buffer`).
+pub struct UpstreamBody {
+    inner: Option<Incoming>,
+    /// Frames read by [`UpstreamBody::buffer`], sent first.
+    ahead: std::collections::VecDeque<Frame<Bytes>>,
+    /// The client's body has ended (the rest is in `ahead`).
+    ended: bool,
+    /// The length when the whole body is in `ahead` without trailers.
+    exact: Option<u64>,
+    seen: u64,
+    limit: u64,
+    idle: std::time::Duration,
+    /// Armed when the client first keeps us waiting; moved only when it
+    /// fires (cheaper than re-arming it per frame).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    last: tokio::time::Instant,
+    progress: Option<std::sync::Arc<Progress>>,
+    // Shared with the access-log entry when logging is on.
+    counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+}
+
+/// The client sent nothing of its body for the route's
+/// `client_body_timeout`: answered 408, never blamed on the upstream.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no body data for {0:?}")]
+pub struct ClientBodyTimeout(pub std::time::Duration);
 
 impl UpstreamBody {
     pub fn new(
         inner: Incoming,
         limit: u64,
+        idle: std::time::Duration,
         counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     ) -> Self {
+        let ended = inner.is_end_stream();
         UpstreamBody {
             inner: Some(inner),
+            ahead: Default::default(),
+            ended,
+            exact: ended.then_some(0),
             seen: 0,
             limit,
+            idle,
+            timer: None,
+            last: tokio::time::Instant::now(),
+            progress: None,
             counter,
         }
     }
@@ -165,9 +251,125 @@ impl UpstreamBody {
     pub fn empty() -> Self {
         UpstreamBody {
             inner: None,
+            ahead: Default::default(),
+            ended: true,
+            exact: Some(0),
             seen: 0,
             limit: 0,
+            idle: std::time::Duration::MAX,
+            timer: None,
+            last: tokio::time::Instant::now(),
+            progress: None,
             counter: None,
+        }
+    }
+
+    /// True when every byte of the body has been read from the client.
+    pub fn is_complete(&self) -> bool {
+        self.ended
+    }
+
+    /// Reads the body ahead, up to `max` bytes: a body that fits is read
+    /// whole before the upstream is asked (slow clients are kept off the
+    /// upstream, issue 10 point 6); a larger one streams from there.
+    pub async fn buffer(&mut self, max: u64) -> Result<(), BoxError> {
+        let mut total = 0u64;
+        let mut trailers = false;
+        while !self.ended {
+            match std::future::poll_fn(|cx| self.poll_client(cx)).await {
+                Some(Ok(frame)) => {
+                    match frame.data_ref() {
+                        Some(d) => total += d.len() as u64,
+                        None => trailers = true,
+                    }
+                    self.ahead.push_back(frame);
+                    if total > max {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    self.exact = (!trailers).then_some(total);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Progress shared with the waiting request, or `None` when the body
+    /// has already been read whole (nothing to wait for).
+    pub fn progress(&mut self) -> Option<std::sync::Arc<Progress>> {
+        if self.ended {
+            return None;
+        }
+        let p = std::sync::Arc::new(Progress::default());
+        p.last.store(
+            crate::clock::now_nanos(),
+            std::sync::atomic::Ordering::Release,
+        );
+        self.progress = Some(p.clone());
+        Some(p)
+    }
+
+    /// The next frame from the client, with the size limit and idle limit.
+    fn poll_client(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        use std::sync::atomic::Ordering::Release;
+        let Some(inner) = self.inner.as_mut() else {
+            self.ended = true;
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.last = tokio::time::Instant::now();
+                if let Some(p) = &self.progress {
+                    p.on_client.store(false, Release);
+                    p.last.store(crate::clock::now_nanos(), Release);
+                }
+                if let Some(data) = frame.data_ref() {
+                    self.seen += data.len() as u64;
+                    if let Some(c) = &self.counter {
+                        c.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    if self.seen > self.limit {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: self.limit,
+                        }))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
+            Poll::Ready(None) => {
+                self.ended = true;
+                if let Some(p) = &self.progress {
+                    p.ended.store(true, Release);
+                    p.done.notify_one();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(p) = &self.progress {
+                    p.on_client.store(true, Release);
+                }
+                if self.idle == std::time::Duration::MAX {
+                    return Poll::Pending;
+                }
+                let idle = self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                while timer.as_mut().poll(cx).is_ready() {
+                    let until = self.last + idle;
+                    if until <= tokio::time::Instant::now() {
+                        return Poll::Ready(Some(Err(Box::new(ClientBodyTimeout(idle)))));
+                    }
+                    timer.as_mut().reset(until);
+                }
+                Poll::Pending
+            }
         }
     }
 }
@@ -180,39 +382,42 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(None);
-        };
-        match inner.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    *this.seen += data.len() as u64;
-                    if let Some(c) = this.counter {
-                        c.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    if *this.seen > *this.limit {
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
-                            limit: *this.limit,
-                        }))));
-                    }
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(ClientBodyError(e))))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        let this = self.get_mut();
+        if let Some(frame) = this.ahead.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
         }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        this.poll_client(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.ended && self.ahead.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+        if let Some(n) = self.exact {
+            return SizeHint::with_exact(n);
+        }
+        match &self.inner {
+            // Part of it read ahead: the total is no longer what the
+            // client declared minus nothing; let the framing say chunked
+            // unless the client declared a length.
+            Some(b) if self.ahead.is_empty() => b.size_hint(),
+            Some(b) => match b.size_hint().exact() {
+                Some(_) => {
+                    let ahead: u64 = self
+                        .ahead
+                        .iter()
+                        .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+                        .sum();
+                    SizeHint::with_exact(ahead + b.size_hint().exact().unwrap_or(0))
+                }
+                None => SizeHint::default(),
+            },
+            None => SizeHint::with_exact(0),
+        }
     }
 }
 

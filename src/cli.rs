@@ -555,13 +555,15 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
     let l = &cfg.listener;
     let _ = writeln!(
         out,
-        "limits: {} connections ({} per address), header timeout {}, TLS handshake {}, {} headers / {} head, {} HTTP/2 streams{}",
+        "limits: {} connections ({} per address), header timeout {}, keep-alive {}, TLS handshake {}, {} headers / {} head / {} request line, {} HTTP/2 streams{}",
         l.max_connections,
         l.max_connections_per_ip,
         human_duration(l.header_timeout),
+        human_duration(l.keepalive_timeout),
         human_duration(l.handshake_timeout),
         l.max_headers,
         human_size(cfg.max_header_bytes as u64),
+        human_size(cfg.max_uri_bytes as u64),
         l.h2_max_concurrent_streams,
         if l.proxy_protocol { ", PROXY protocol from trusted peers" } else { "" }
     );
@@ -600,10 +602,12 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
     let runtime = Runtime::build(cfg.clone(), None, &crate::metrics::Metrics::default());
     for (path, r) in runtime.router.iter() {
         let mut extras = format!(
-            "timeout {}, websocket idle {}, max body {}",
+            "timeout {}, websocket idle {}, max body {} (read ahead {}, {} between reads)",
             human_duration(r.timeout),
             human_duration(r.websocket_timeout),
-            human_size(r.max_body)
+            human_size(r.max_body),
+            human_size(r.request_buffer),
+            human_duration(r.client_body_timeout)
         );
         if let Some(p) = &r.forwarded_prefix {
             let _ = write!(extras, ", X-Forwarded-Prefix {}", p.to_str().unwrap_or("?"));
@@ -629,7 +633,16 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
                 config::OnDeny::Forbidden => ", refused clients get 403",
             });
         }
-        if let Some(route_cfg) = cfg.routes.iter().find(|c| &c.path == path) {
+        if let Some(route_cfg) = cfg.routes.iter().find(|c| c.path == path) {
+            if route_cfg.case_insensitive {
+                extras.push_str(", case-insensitive");
+            }
+            if route_cfg.allow_encoded_slash {
+                extras.push_str(", %2F allowed");
+            }
+            if route_cfg.upgrades != ["websocket"] {
+                let _ = write!(extras, ", upgrades {}", route_cfg.upgrades.join(" "));
+            }
             if let Some(rl) = route_cfg.rate_limit {
                 let _ = write!(
                     extras,
@@ -638,7 +651,7 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
                 );
             }
         }
-        let target = match cfg.routes.iter().find(|c| &c.path == path) {
+        let target = match cfg.routes.iter().find(|c| c.path == path) {
             Some(c) if c.servers.len() > 1 => {
                 let urls: Vec<&str> = c.servers.iter().map(|s| s.url.as_str()).collect();
                 let rule = match c.balance {

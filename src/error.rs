@@ -18,6 +18,18 @@ pub enum ProxyError {
     RateLimited { retry_after: std::time::Duration },
     #[error("request is malformed: {0}")]
     BadRequest(&'static str),
+    #[error("the request line is longer than the limit")]
+    UriTooLong,
+    #[error("the request head is larger than the limit")]
+    HeadTooLarge,
+    #[error("not implemented: {0}")]
+    NotImplemented(&'static str),
+    #[error("HTTP version not supported")]
+    VersionNotSupported,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("the client sent nothing of its body for {0:?}")]
+    ClientTimeout(std::time::Duration),
     #[error("cannot connect to the upstream")]
     UpstreamConnect(#[source] BoxError),
     #[error("upstream did not answer within {0:?}")]
@@ -39,6 +51,12 @@ impl ProxyError {
             ProxyError::Denied => StatusCode::FORBIDDEN,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             // AliasVault's nginx maps every upstream failure (and an
             // upstream's own 502/503/504, its #1098) to 503 + status page.
             ProxyError::UpstreamConnect(_)
@@ -103,9 +121,20 @@ impl ProxyError {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+        }
+        // After these the connection's framing cannot be trusted, or the
+        // client is too slow to keep: close it (RFC 9112 §9.6).
         if matches!(
             status,
-            StatusCode::BAD_REQUEST | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            StatusCode::BAD_REQUEST
+                | StatusCode::REQUEST_TIMEOUT
+                | StatusCode::URI_TOO_LONG
+                | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+                | StatusCode::NOT_IMPLEMENTED
+                | StatusCode::HTTP_VERSION_NOT_SUPPORTED
         ) {
             res.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -113,6 +142,9 @@ impl ProxyError {
         res
     }
 }
+
+/// The methods a route answers: `Allow` of a 405 and of `OPTIONS *`.
+pub const ALLOW: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -145,3 +177,24 @@ p{line-height:1.5;margin:.5rem 0}
 </body>
 </html>
 "#;
+
+impl From<crate::framing::Refusal> for ProxyError {
+    fn from(r: crate::framing::Refusal) -> Self {
+        use crate::framing::Refusal::*;
+        match r {
+            Ambiguous => ProxyError::BadRequest("both Content-Length and Transfer-Encoding"),
+            BadContentLength => ProxyError::BadRequest("invalid Content-Length"),
+            BadTransferEncoding => {
+                ProxyError::BadRequest("Transfer-Encoding with chunked twice or not last")
+            }
+            UnknownCoding => ProxyError::NotImplemented("a transfer coding other than chunked"),
+            BadChunk => ProxyError::BadRequest("malformed chunked body"),
+            UriTooLong => ProxyError::UriTooLong,
+            HeadTooLarge => ProxyError::HeadTooLarge,
+            Http2Preface => ProxyError::BadRequest("an HTTP/2 preface on an HTTP/1 port"),
+            Version => ProxyError::VersionNotSupported,
+            Connect => ProxyError::MethodNotAllowed,
+            Malformed => ProxyError::BadRequest("malformed request head"),
+        }
+    }
+}

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
+use crate::framing::{ConnState, Phase};
 use crate::policy::ip;
 use crate::proxy::{self, Conn};
 use crate::proxy_protocol::{self, Prefixed};
@@ -49,23 +50,51 @@ pub fn bind(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Open connections in total and per client address. Lives beside the
-/// runtime (not in it) so counts survive a configuration swap.
+/// Open connections in total and per client address, and the state of
+/// each (for eviction). Lives beside the runtime (not in it) so counts
+/// survive a configuration swap.
 #[derive(Default)]
 pub struct ConnCounts {
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+    next_id: std::sync::atomic::AtomicU64,
+    open: Mutex<HashMap<u64, Arc<ConnState>>>,
 }
 
 impl ConnCounts {
     pub fn open(&self) -> usize {
         self.total.load(Ordering::Relaxed)
     }
+
+    /// Makes room for a new connection when the limit is reached: the
+    /// connection idle longest that has nothing in flight (a keep-alive
+    /// connection between requests, or one that has not sent a complete
+    /// head yet) is closed (issue 10 point 5). False when every connection
+    /// is busy.
+    fn evict_oldest(&self) -> bool {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = open
+            .values()
+            .filter(|s| !s.is_evicted())
+            .filter_map(|s| match s.phase() {
+                Phase::Busy => None,
+                Phase::First(t) | Phase::Idle(t) | Phase::Head(t) => Some((t, s)),
+            })
+            .min_by_key(|(t, _)| *t);
+        match oldest {
+            Some((_, s)) => {
+                s.evict();
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Releases its share of [`ConnCounts`] when the connection ends.
 struct Slot {
     counts: Arc<Shared>,
+    id: u64,
     ip: Option<IpAddr>,
 }
 
@@ -73,6 +102,10 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let c = &self.counts.conns;
         c.total.fetch_sub(1, Ordering::Relaxed);
+        c.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
         if let Some(ip) = self.ip {
             let mut map = c.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = map.get_mut(&ip) {
@@ -86,15 +119,22 @@ impl Drop for Slot {
 }
 
 impl Slot {
-    /// Takes a place for a new connection, or `None` when the total limit
-    /// is reached.
-    fn open(shared: &Arc<Shared>, max_total: usize) -> Option<Slot> {
-        let prev = shared.conns.total.fetch_add(1, Ordering::Relaxed);
+    /// Takes a place for a new connection, closing the longest-idle one
+    /// when the total limit is reached; `None` when all are busy.
+    fn open(shared: &Arc<Shared>, max_total: usize, state: &Arc<ConnState>) -> Option<Slot> {
+        let c = &shared.conns;
+        let prev = c.total.fetch_add(1, Ordering::Relaxed);
+        let id = c.next_id.fetch_add(1, Ordering::Relaxed);
+        c.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, state.clone());
         let slot = Slot {
             counts: shared.clone(),
+            id,
             ip: None,
         };
-        (prev < max_total).then_some(slot)
+        (prev < max_total || c.evict_oldest()).then_some(slot)
     }
 
     /// Counts the connection against `ip`; false when `ip` is at its limit.
@@ -144,7 +184,10 @@ pub async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly
                 // rather than spin, and keep serving.
-                tracing::warn!(%local, "accept failed: {e}");
+                static FAILED: crate::log_limit::Limit = crate::log_limit::Limit::new();
+                if let Some(suppressed) = FAILED.allow() {
+                    tracing::warn!(%local, suppressed, "accept failed: {e}");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
@@ -153,51 +196,82 @@ pub async fn accept_loop(
         let shared = shared.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            if let Some((io, conn, _slot)) = admit(stream, peer, local, kind, &shared).await {
-                match kind {
-                    Kind::Http => serve_http1(io, conn, shared, shutdown).await,
-                    Kind::Https => serve_tls(io, conn, shared, shutdown).await,
+            let state = Arc::new(ConnState::default());
+            let max = shared.runtime.load().config.listener.max_connections;
+            let Some(mut slot) = Slot::open(&shared, max, &state) else {
+                tracing::debug!(%peer, "connection limit reached and every connection busy; closing");
+                return;
+            };
+            let serve = async {
+                if let Some((io, conn)) =
+                    admit(stream, peer, local, kind, &shared, &state, &mut slot).await
+                {
+                    match kind {
+                        Kind::Http => serve_http1(io, conn, shared.clone(), shutdown).await,
+                        Kind::Https => serve_tls(io, conn, shared.clone(), shutdown).await,
+                    }
+                }
+            };
+            tokio::select! {
+                () = serve => {}
+                () = state.evicted() => {
+                    tracing::debug!(%peer, "idle connection closed to make room (connection limit)");
                 }
             }
         });
     }
 }
 
-/// Connection admission: total and per-address limits, and the PROXY
-/// header when enabled. Returns the stream to serve (with any bytes read
-/// for detection put back), what is known of the client, and the slot that
-/// keeps the connection counted while it lives.
+/// Connection admission: the per-address limit (before anything is read),
+/// then the PROXY header when enabled (trusted peers only). Returns the
+/// stream to serve (with any bytes read for detection put back) and what
+/// is known of the client.
 async fn admit(
     mut stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
     kind: Kind,
     shared: &Arc<Shared>,
-) -> Option<(Prefixed<TcpStream>, Arc<Conn>, Slot)> {
+    state: &Arc<ConnState>,
+    slot: &mut Slot,
+) -> Option<(Prefixed<TcpStream>, Arc<Conn>)> {
     let rt = shared.runtime.load();
     let settings = &rt.config.listener;
     let trusted = &rt.config.trusted_proxies;
-    let Some(mut slot) = Slot::open(shared, settings.max_connections) else {
-        tracing::debug!(%peer, "connection limit reached; closing");
-        return None;
-    };
     let peer_trusted = ip::any_contains(trusted, peer.ip());
+    // A trusted proxy carries many clients on its connections: it is not
+    // held to the per-address limit (the clients behind it are, when a
+    // PROXY header names them). Anyone else is counted before a byte of
+    // theirs is read (issue 10 points 5 and 11).
+    if !peer_trusted && !slot.claim_ip(ip::canonical(peer.ip()), settings.max_connections_per_ip) {
+        tracing::debug!(%peer, "per-address connection limit reached; closing");
+        return None;
+    }
     let mut client = peer;
     let io = if settings.proxy_protocol {
         match tokio::time::timeout(
             settings.handshake_timeout,
-            proxy_protocol::read_header(&mut stream),
+            proxy_protocol::read_header(&mut stream, peer_trusted),
         )
         .await
         {
             Ok(Ok(proxy_protocol::Header::None(first))) => Prefixed::new(first, stream),
-            Ok(Ok(proxy_protocol::Header::Proxy(source))) => {
-                if !peer_trusted {
-                    tracing::warn!(%peer, "PROXY header from an untrusted peer; connection refused");
+            Ok(Ok(proxy_protocol::Header::Proxy(source, rest))) => {
+                client = source.unwrap_or(peer);
+                if client != peer
+                    && !slot.claim_ip(ip::canonical(client.ip()), settings.max_connections_per_ip)
+                {
+                    tracing::debug!(client = %client, "per-address connection limit reached; closing");
                     return None;
                 }
-                client = source.unwrap_or(peer);
-                Prefixed::plain(stream)
+                Prefixed::new(rest, stream)
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
+                static REFUSED: crate::log_limit::Limit = crate::log_limit::Limit::new();
+                if let Some(suppressed) = REFUSED.allow() {
+                    tracing::warn!(%peer, suppressed, "PROXY header from an untrusted peer; connection refused");
+                }
+                return None;
             }
             Ok(Err(e)) => {
                 tracing::debug!(%peer, "{e}");
@@ -208,23 +282,36 @@ async fn admit(
     } else {
         Prefixed::plain(stream)
     };
-    // A trusted proxy carries many clients on its connections: it is not
-    // held to the per-address limit (the clients behind it are, when a
-    // PROXY header names them).
-    let proxied_by_trusted = peer_trusted && client == peer;
-    if !proxied_by_trusted
-        && !slot.claim_ip(ip::canonical(client.ip()), settings.max_connections_per_ip)
-    {
-        tracing::debug!(client = %client, "per-address connection limit reached; closing");
-        return None;
-    }
-    let conn = Conn::new(
+    let conn = Conn::with_state(
         client,
         local,
         kind == Kind::Https,
         ip::any_contains(trusted, client.ip()),
+        state.clone(),
     );
-    Some((io, Arc::new(conn), slot))
+    Some((io, Arc::new(conn)))
+}
+
+/// Resolves when the connection has passed one of its idle limits: the
+/// first head within `header` of the start, a later head within `header`
+/// of its first byte, the wait between requests within `keepalive`. Never
+/// while a request is in flight. HTTP/2 has no heads to wait for: any time
+/// without a request in flight counts against `keepalive`.
+async fn idle_limit(state: &ConnState, header: Duration, keepalive: Duration, h2: bool) {
+    loop {
+        let now = crate::clock::now_nanos();
+        let deadline = match state.phase() {
+            // Look again later: the earliest it can expire once idle.
+            Phase::Busy => now + header.min(keepalive).as_nanos() as u64,
+            Phase::First(t) | Phase::Idle(t) if h2 => t + keepalive.as_nanos() as u64,
+            Phase::First(t) | Phase::Head(t) => t + header.as_nanos() as u64,
+            Phase::Idle(t) => t + keepalive.as_nanos() as u64,
+        };
+        if deadline <= now {
+            return;
+        }
+        tokio::time::sleep(Duration::from_nanos(deadline - now)).await;
+    }
 }
 
 async fn serve_tls<I>(io: I, conn: Arc<Conn>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>)
@@ -288,14 +375,23 @@ async fn serve_http1<I>(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(l.header_timeout)
+        // framing.rs holds a head back until it is complete, so hyper's
+        // timer would only see the idle wait: `idle_limit` keeps both.
+        .header_read_timeout(None)
         .keep_alive(true)
         .max_headers(l.max_headers)
-        // The exact head limit (431); the buffer bound keeps memory near it.
-        .max_header_size(max_head)
+        // framing.rs enforces the head limit (431) before hyper sees a
+        // head; this bound only keeps hyper's buffer near it.
+        .max_header_size(max_head + 4096)
         .max_buf_size(max_head.max(8192) + 8192);
+    let limits = crate::framing::Limits {
+        max_head,
+        max_uri: rt.config.max_uri_bytes,
+    };
+    let (header_timeout, keepalive) = (l.header_timeout, l.keepalive_timeout);
     drop(rt);
-    let io = crate::framing::Inspect::new(io, conn.h1.clone());
+    let state = conn.state.clone();
+    let io = crate::framing::Inspect::new(io, state.clone(), limits);
     let svc = service_fn(move |req| proxy::handle(req, conn.clone(), shared.clone()));
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
@@ -303,6 +399,10 @@ async fn serve_http1<I>(
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        () = idle_limit(&state, header_timeout, keepalive, false) => {
+            tracing::debug!(%peer, "HTTP/1 connection closed at its idle limit");
+            return;
+        }
         () = stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             conn.await
@@ -340,12 +440,21 @@ async fn serve_http2<I>(
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
+    let (header_timeout, keepalive) = (l.header_timeout, l.keepalive_timeout);
     drop(rt);
+    let state = conn.state.clone();
     let svc = service_fn(move |req| proxy::handle(req, conn.clone(), shared.clone()));
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
+        () = idle_limit(&state, header_timeout, keepalive, true) => {
+            // GOAWAY, then close (RFC 9113 §6.8); nothing is in flight.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+            tracing::debug!(%peer, "HTTP/2 connection closed at its idle limit");
+            return;
+        }
         () = stopped(&mut shutdown) => {
             conn.as_mut().graceful_shutdown();
             conn.await

@@ -36,6 +36,11 @@ pub struct RouteRt {
     pub health_check: Option<crate::config::model::HealthCheck>,
     /// Round-robin position.
     pub next: std::sync::atomic::AtomicUsize,
+    /// `Upgrade` tokens tunnelled (lower case).
+    pub upgrades: Vec<String>,
+    pub allow_encoded_slash: bool,
+    pub request_buffer: u64,
+    pub client_body_timeout: Duration,
 }
 
 /// One server of a route, with the state balancing needs.
@@ -43,7 +48,7 @@ pub struct ServerRt {
     pub authority: http::uri::Authority,
     /// Requests sent and not yet answered.
     pub outstanding: std::sync::atomic::AtomicUsize,
-    /// Marked down until this time (`rate_limit::now_nanos`), after a
+    /// Marked down until this time (`clock::now_nanos`), after a
     /// failure: nginx's `max_fails=1 fail_timeout=5s`, as AliasVault uses.
     pub down_until: std::sync::atomic::AtomicU64,
     /// False while active health checks say the server is out.
@@ -97,8 +102,12 @@ impl Runtime {
                     balance: r.balance,
                     health_check: r.health_check.clone(),
                     next: Default::default(),
+                    upgrades: r.upgrades.clone(),
+                    allow_encoded_slash: r.allow_encoded_slash,
+                    request_buffer: r.request_buffer,
+                    client_body_timeout: r.client_body_timeout,
                 };
-                (r.path.clone(), Arc::new(rt))
+                (r.path.clone(), r.case_insensitive, Arc::new(rt))
             })
             .collect();
         let headers = HeaderPolicy::new(&config.headers, config.deployment_mode.as_deref());
@@ -112,7 +121,7 @@ impl Runtime {
         };
         Runtime {
             config: Arc::new(config),
-            router: Router::new(routes),
+            router: Router::with_case(routes),
             headers,
             redirect_port,
             webroot,

@@ -24,6 +24,9 @@ pub struct File {
     pub grace_period: Option<Spanned<String>>,
     pub log_format: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<Size>>,
+    pub max_uri_bytes: Option<Spanned<Size>>,
+    pub request_buffer: Option<Spanned<Size>>,
+    pub client_body_timeout: Option<Spanned<String>>,
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     pub listener: Option<Listener>,
     pub tls: Option<Tls>,
@@ -46,6 +49,7 @@ pub struct Listener {
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_ip: Option<Spanned<i64>>,
     pub header_timeout: Option<Spanned<String>>,
+    pub keepalive_timeout: Option<Spanned<String>>,
     pub handshake_timeout: Option<Spanned<String>>,
     pub max_headers: Option<Spanned<i64>>,
     pub h2_max_concurrent_streams: Option<Spanned<i64>>,
@@ -121,6 +125,11 @@ pub struct Route {
     pub allow: Option<Vec<Spanned<String>>>,
     pub deny: Option<Vec<Spanned<String>>>,
     pub on_deny: Option<Spanned<String>>,
+    pub upgrades: Option<Vec<Spanned<String>>>,
+    pub case_insensitive: Option<bool>,
+    pub allow_encoded_slash: Option<bool>,
+    pub request_buffer: Option<Spanned<Size>>,
+    pub client_body_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

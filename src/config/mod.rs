@@ -66,6 +66,16 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_WEBSOCKET_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_URI_BYTES: usize = 16 * 1024;
+pub const DEFAULT_REQUEST_BUFFER: u64 = 64 * 1024;
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a route inherits from the top level unless it sets its own.
+struct RouteDefaults {
+    max_body: u64,
+    request_buffer: u64,
+    client_body_timeout: Duration,
+}
 
 /// AliasVault's three services, as its nginx routes them.
 const BUILT_IN: &str = r#"
@@ -79,10 +89,12 @@ path = "/admin"
 upstream = "http://admin:3002"
 forwarded_prefix = "/admin/"
 websocket_timeout = "24h"
+case_insensitive = true
 
 [[route]]
 path = "/api"
 upstream = "http://api:3001"
+case_insensitive = true
 
 [[route]]
 path = "/"
@@ -328,10 +340,36 @@ impl Builder<'_> {
             None => ipr::private_ranges(),
             Some(list) => self.cidrs(list, "trusted_proxies")?,
         };
+        let max_uri_bytes = match &f.max_uri_bytes {
+            Some(v) => {
+                let n =
+                    parse_size(v.get_ref()).map_err(|m| self.err(v.span(), "max_uri_bytes", m))?;
+                if !(256..=max_header_bytes as u64).contains(&n) {
+                    return Err(self.err(
+                        v.span(),
+                        "max_uri_bytes",
+                        "expected from 256 bytes to max_header_bytes",
+                    ));
+                }
+                n as usize
+            }
+            None => DEFAULT_MAX_URI_BYTES.min(max_header_bytes),
+        };
+        let defaults = RouteDefaults {
+            max_body: max_upload,
+            request_buffer: match &f.request_buffer {
+                Some(v) => self.request_buffer(v)?,
+                None => DEFAULT_REQUEST_BUFFER,
+            },
+            client_body_timeout: match &f.client_body_timeout {
+                Some(v) => self.duration(v, "client_body_timeout")?,
+                None => DEFAULT_CLIENT_BODY_TIMEOUT,
+            },
+        };
         let listener = self.listener(f.listener.unwrap_or_default())?;
         let mut routes: Vec<Route> = Vec::new();
         for r in &f.route {
-            let route = self.route(r, max_upload, &f.upstreams)?;
+            let route = self.route(r, &defaults, &f.upstreams)?;
             if routes.iter().any(|x| x.path == route.path) {
                 return Err(self.err(
                     r.path.span(),
@@ -354,6 +392,7 @@ impl Builder<'_> {
             grace_period,
             log_format,
             max_header_bytes,
+            max_uri_bytes,
             trusted_proxies,
             listener,
             tls,
@@ -367,6 +406,14 @@ impl Builder<'_> {
             unsupported_vars: Vec::new(),
             warnings: Vec::new(),
         })
+    }
+
+    fn request_buffer(&self, v: &Spanned<file::Size>) -> Result<u64, ConfigError> {
+        let n = parse_size(v.get_ref()).map_err(|m| self.err(v.span(), "request_buffer", m))?;
+        if n > 64 * 1024 * 1024 {
+            return Err(self.err(v.span(), "request_buffer", "expected at most 64MiB"));
+        }
+        Ok(n)
     }
 
     fn acme(&self, a: file::Acme) -> Result<AcmeSettings, ConfigError> {
@@ -489,6 +536,11 @@ impl Builder<'_> {
                 10_000_000,
             )?,
             header_timeout: dur(&l.header_timeout, "header_timeout", d.header_timeout)?,
+            keepalive_timeout: dur(
+                &l.keepalive_timeout,
+                "keepalive_timeout",
+                d.keepalive_timeout,
+            )?,
             handshake_timeout: dur(
                 &l.handshake_timeout,
                 "handshake_timeout",
@@ -541,7 +593,7 @@ impl Builder<'_> {
     fn route(
         &self,
         r: &file::Route,
-        default_max_body: u64,
+        defaults: &RouteDefaults,
         groups: &std::collections::BTreeMap<String, file::UpstreamGroup>,
     ) -> Result<Route, ConfigError> {
         // `upstream = "NAME"` names an `[upstreams.NAME]` group, whose
@@ -652,7 +704,7 @@ impl Builder<'_> {
         };
         let max_body = match &r.max_body {
             Some(v) => parse_size(v.get_ref()).map_err(|m| self.err(v.span(), "max_body", m))?,
-            None => default_max_body,
+            None => defaults.max_body,
         };
         let forwarded_for = match &r.forwarded_for {
             None => ForwardedFor::Replace,
@@ -687,6 +739,33 @@ impl Builder<'_> {
                     per_second: rl.per_second,
                     burst: rl.burst as u32,
                 })
+            }
+        };
+        // RFC 9113 §3.1 removed h2c; tunnelling it would let requests
+        // inside the tunnel skip every route rule (issue 10 point 2).
+        let upgrades = match &r.upgrades {
+            None => vec!["websocket".to_string()],
+            Some(list) => {
+                let mut out = Vec::new();
+                for t in list {
+                    let token = t.get_ref().trim().to_ascii_lowercase();
+                    if token.starts_with("h2c") {
+                        return Err(self.err(
+                            t.span(),
+                            "upgrades",
+                            "h2c cannot be tunnelled (RFC 9113 removed it)",
+                        ));
+                    }
+                    if token.is_empty() || !token.bytes().all(is_tchar_or_slash) {
+                        return Err(self.err(
+                            t.span(),
+                            "upgrades",
+                            "expected a protocol token such as \"websocket\"",
+                        ));
+                    }
+                    out.push(token);
+                }
+                out
             }
         };
         let access = Access {
@@ -740,8 +819,25 @@ impl Builder<'_> {
             compress: r.compress.unwrap_or(true),
             access,
             rate_limit,
+            upgrades,
+            case_insensitive: r.case_insensitive.unwrap_or(false),
+            allow_encoded_slash: r.allow_encoded_slash.unwrap_or(false),
+            request_buffer: match &r.request_buffer {
+                Some(v) => self.request_buffer(v)?,
+                None => defaults.request_buffer,
+            },
+            client_body_timeout: opt_dur(
+                &r.client_body_timeout,
+                "client_body_timeout",
+                defaults.client_body_timeout,
+            )?,
         })
     }
+}
+
+/// A byte of a protocol name in `Upgrade` (RFC 9110 §7.8: token ["/" token]).
+fn is_tchar_or_slash(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b)
 }
 
 /// Environment variables override the file (AliasVault's `.env` names).

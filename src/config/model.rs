@@ -28,6 +28,8 @@ pub struct Config {
     pub grace_period: Duration,
     pub log_format: crate::access_log::Format,
     pub max_header_bytes: usize,
+    /// Request line limit: longer ones get 414.
+    pub max_uri_bytes: usize,
     /// Peers whose `X-Forwarded-*` and PROXY headers are believed.
     pub trusted_proxies: Vec<Cidr>,
     pub listener: ListenerSettings,
@@ -81,10 +83,12 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     /// Per client address; trusted proxies are exempt.
     pub max_connections_per_ip: usize,
-    /// Time to receive a request head, counted from when the connection
-    /// starts waiting for it: bounds both a slowloris head and the idle wait
-    /// of an HTTP/1.1 keep-alive connection (hyper's header read timer).
+    /// Time to receive a request head: from the connection's start for
+    /// the first one, from its first byte for the next ones (slowloris).
     pub header_timeout: Duration,
+    /// Idle time allowed between requests on a keep-alive connection (and
+    /// on an HTTP/2 connection with no open request), as nginx's.
+    pub keepalive_timeout: Duration,
     pub handshake_timeout: Duration,
     pub max_headers: usize,
     pub h2_max_concurrent_streams: u32,
@@ -97,6 +101,7 @@ impl Default for ListenerSettings {
             max_connections: 10_000,
             max_connections_per_ip: 256,
             header_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(75),
             handshake_timeout: Duration::from_secs(10),
             max_headers: 100,
             h2_max_concurrent_streams: 128,
@@ -188,6 +193,17 @@ pub struct Route {
     pub compress: bool,
     pub access: Access,
     pub rate_limit: Option<RateLimit>,
+    /// `Upgrade` tokens forwarded (lower case); `websocket` by default.
+    pub upgrades: Vec<String>,
+    /// Match the path prefix without regard to case (ASP.NET Core does).
+    pub case_insensitive: bool,
+    /// Serve targets with `%2F` inside a segment (their normal form cannot
+    /// be decided, so by default they are refused).
+    pub allow_encoded_slash: bool,
+    /// Bodies up to this size are read whole before the upstream is asked.
+    pub request_buffer: u64,
+    /// Longest wait between two reads of a request body (408 after it).
+    pub client_body_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

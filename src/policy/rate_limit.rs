@@ -90,13 +90,7 @@ impl Limiter {
     }
 }
 
-/// Monotonic nanoseconds since the first call: the clock of every limiter.
-pub fn now_nanos() -> u64 {
-    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
-    // Offset by a second so that 0 (the empty marker) never occurs.
-    epoch.elapsed().as_nanos() as u64 + 1_000_000_000
-}
+pub use crate::clock::now_nanos;
 
 /// IPv4 as itself; IPv6 by its /64.
 fn key_of(ip: IpAddr) -> u128 {

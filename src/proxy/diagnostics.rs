@@ -104,7 +104,10 @@ pub async fn answer(
         .get(&HEADER)
         .expect("caller checked the header");
     if !token_matches(given, token) {
-        tracing::warn!(client = %client.ip, "diagnostics request with a wrong token refused");
+        static REFUSED: crate::log_limit::Limit = crate::log_limit::Limit::new();
+        if let Some(suppressed) = REFUSED.allow() {
+            tracing::warn!(client = %client.ip, suppressed, "diagnostics request with a wrong token refused");
+        }
         let mut res = Response::new(ResponseBody::full("diagnostics token mismatch\n"));
         *res.status_mut() = StatusCode::FORBIDDEN;
         return res;
@@ -114,11 +117,7 @@ pub async fn answer(
         serde_json::to_vec_pretty(&report).expect("invariant: the report serializes"),
     );
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-    let websocket = upgrade::is_h1_upgrade(&req)
-        && req
-            .headers()
-            .get(header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let websocket = upgrade::h1_protocols(&req, &["websocket".to_string()]).is_some();
     let h2_websocket = upgrade::is_h2_websocket(&req);
     if h2_websocket || (key.is_some() && websocket) {
         let on = hyper::upgrade::on(&mut req);
@@ -215,7 +214,11 @@ async fn report(
             (name.as_str().to_string(), value)
         })
         .collect();
-    let (route, route_error) = match super::select_route(rt, req.uri().path(), client.ip) {
+    let (route, route_error) = match super::select_route(
+        rt,
+        &crate::router::normalize(req.uri().path()).path,
+        client.ip,
+    ) {
         Ok(route) => {
             let mut servers = Vec::with_capacity(route.servers.len());
             for s in &route.servers {
@@ -234,7 +237,7 @@ async fn report(
                 servers.push(ServerReport {
                     address: s.authority.to_string(),
                     marked_down: s.down_until.load(std::sync::atomic::Ordering::Relaxed)
-                        > crate::policy::rate_limit::now_nanos(),
+                        > crate::clock::now_nanos(),
                     healthy: s.healthy.load(std::sync::atomic::Ordering::Relaxed),
                     connect_error,
                 });

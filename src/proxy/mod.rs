@@ -37,8 +37,9 @@ pub struct Conn {
     pub tls: bool,
     /// The peer is a trusted proxy.
     pub trusted: bool,
-    /// Framing evidence from the HTTP/1 reader (see `framing`).
-    pub h1: Arc<crate::framing::Flags>,
+    /// Refusals from the HTTP/1 reader, requests in flight and idle times
+    /// (see `framing`).
+    pub state: Arc<crate::framing::ConnState>,
     pub ip: IpAddr,
     /// The client address rendered for `X-Real-IP`/`X-Forwarded-For`.
     pub client_ip: HeaderValue,
@@ -50,6 +51,17 @@ impl Conn {
     /// header's source when there was one); `trusted` says whether it may
     /// speak for others through `X-Forwarded-*`.
     pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool, trusted: bool) -> Self {
+        Self::with_state(peer, local, tls, trusted, Arc::default())
+    }
+
+    /// [`Conn::new`] with the connection's state made at accept.
+    pub fn with_state(
+        peer: SocketAddr,
+        local: SocketAddr,
+        tls: bool,
+        trusted: bool,
+        state: Arc<crate::framing::ConnState>,
+    ) -> Self {
         // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
         let ip = crate::policy::ip::canonical(peer.ip());
         Conn {
@@ -57,7 +69,7 @@ impl Conn {
             local,
             tls,
             trusted,
-            h1: Arc::default(),
+            state,
             ip,
             client_ip: ip_header(ip),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
@@ -152,6 +164,11 @@ pub async fn handle(
     conn: Arc<Conn>,
     shared: Arc<Shared>,
 ) -> Result<Response<ResponseBody>, Infallible> {
+    // Counted as in flight until the response body is done (idle limits
+    // and eviction leave the connection alone meanwhile).
+    let busy = crate::body::Busy::enter(&conn.state);
+    let h1 = req.version() != Version::HTTP_2;
+    let (seq, refusal) = if h1 { conn.state.next_h1() } else { (0, None) };
     // One snapshot per request: a reload cannot change it half way.
     let rt = shared.runtime.load_full();
     let method = req.method().clone();
@@ -171,7 +188,11 @@ pub async fn handle(
     };
     let started = std::time::Instant::now();
     let mut chosen = None;
-    let mut res = match inner(req, &conn, &client, &rt, &shared, &mut chosen).await {
+    let result = match refusal {
+        Some(r) => Err(Failure::from(ProxyError::from(r))),
+        None => inner(req, &conn, &client, &rt, &shared, &mut chosen).await,
+    };
+    let mut res = match result {
         Ok(res) => res,
         Err(Failure { error, route }) => {
             if let Some(r) = &route {
@@ -184,15 +205,33 @@ pub async fn handle(
                 };
                 chosen = route.clone();
             }
+            // Peers choose how often this happens: the lines are limited
+            // per second (issue 10 point 10); the client's own faults are
+            // debug lines.
+            static FAILED: crate::log_limit::Limit = crate::log_limit::Limit::new();
             match route {
-                Some(route) => tracing::warn!(
+                Some(route) if error.status().is_server_error() => {
+                    if let Some(suppressed) = FAILED.allow() {
+                        tracing::warn!(
+                            client = %client.ip,
+                            %method,
+                            path = uri.path(),
+                            route = route.path,
+                            upstream = %route.upstream.authority,
+                            cause = %ErrorChain(&error),
+                            suppressed,
+                            "request failed with {}",
+                            error.status().as_u16()
+                        )
+                    }
+                }
+                Some(route) => tracing::debug!(
                     client = %client.ip,
                     %method,
                     path = uri.path(),
                     route = route.path,
-                    upstream = %route.upstream.authority,
                     cause = %ErrorChain(&error),
-                    "request failed with {}",
+                    "request refused with {}",
                     error.status().as_u16()
                 ),
                 None => {
@@ -202,6 +241,11 @@ pub async fn handle(
             error.into_response(&client.request_id)
         }
     };
+    if h1 {
+        conn.state
+            .answered(seq, res.status() == StatusCode::SWITCHING_PROTOCOLS);
+    }
+    res.body_mut().set_busy(busy);
     rt.headers.apply(res.headers_mut(), conn.tls);
     res.headers_mut()
         .insert(&X_REQUEST_ID, client.request_id.clone());
@@ -264,17 +308,32 @@ impl std::fmt::Display for ErrorChain<'_> {
 }
 
 async fn inner(
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     conn: &Conn,
     client: &Client,
     rt: &Runtime,
     shared: &Shared,
     chosen: &mut Option<Arc<RouteRt>>,
 ) -> Result<Response<ResponseBody>, Failure> {
-    // RFC 9112 §6.1: both framings at once is the classic smuggling
-    // vector; refuse it outright (hyper would trust Transfer-Encoding).
-    if req.version() != Version::HTTP_2 && conn.h1.next_is_ambiguous() {
-        return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding").into());
+    check_host(&req)?;
+    if req.headers().get(header::HOST).is_none() && req.uri().authority().is_none() {
+        // HTTP/1.0 without Host (valid, RFC 9112 §3.2): the upstream speaks
+        // HTTP/1.1 and needs one; the configured name is the one meant.
+        if let Ok(h) = HeaderValue::from_str(&rt.config.hostname) {
+            req.headers_mut().insert(header::HOST, h);
+        }
+    }
+    match *req.method() {
+        // TRACE would reflect cookies and credentials back to a script
+        // (cross-site tracing); a proxy in front of apps has no use for it.
+        Method::TRACE => return Err(ProxyError::MethodNotAllowed.into()),
+        // RFC 9110 §9.3.7: `OPTIONS *` asks the server itself.
+        Method::OPTIONS if req.uri() == "*" => return Ok(options_star()),
+        // Nothing to tunnel to, except RFC 8441 WebSockets below.
+        Method::CONNECT if !upgrade::is_h2_websocket(&req) => {
+            return Err(ProxyError::MethodNotAllowed.into())
+        }
+        _ => {}
     }
     // Issue 5: `gatehouse doctor`'s probe is answered here, before the
     // redirect and the routes, so it sees any request as it arrived.
@@ -294,12 +353,23 @@ async fn inner(
             return redirect_to_https(&req, rt).map_err(Failure::from);
         }
     }
-    let route = select_route(rt, path, client.ip)?;
+    // Routes and their rules see the path's normal form; the upstream
+    // gets the target as sent (issue 10 point 3).
+    let norm = crate::router::normalize(path);
+    if norm.encoded_nul {
+        return Err(ProxyError::BadRequest("%00 in the path").into());
+    }
+    let route = select_route(rt, &norm.path, client.ip)?;
     *chosen = Some(route.clone());
     let on_route = |error: ProxyError| Failure {
         error,
         route: Some(route.clone()),
     };
+    if norm.encoded_slash && !route.allow_encoded_slash {
+        return Err(on_route(ProxyError::BadRequest(
+            "%2F inside a path segment (allow_encoded_slash is off)",
+        )));
+    }
     admit_rate(&route, client.ip).map_err(on_route)?;
     admit_body(&req, &route).map_err(on_route)?;
     if upgrade::is_h2_websocket(&req) {
@@ -307,10 +377,16 @@ async fn inner(
             .await
             .map_err(on_route);
     }
-    if upgrade::is_h1_upgrade(&req) {
-        return upgrade::h1(req, client, route.clone(), shared.metrics.clone())
-            .await
-            .map_err(on_route);
+    if let Some(protocols) = upgrade::h1_protocols(&req, &route.upgrades) {
+        return upgrade::h1(
+            req,
+            protocols,
+            client,
+            route.clone(),
+            shared.metrics.clone(),
+        )
+        .await
+        .map_err(on_route);
     }
     let encoding = if route.compress {
         compress::negotiate(req.headers().get(header::ACCEPT_ENCODING))
@@ -319,8 +395,16 @@ async fn inner(
     };
     let method = req.method().clone();
     let host = request_host(&req);
-    let up = prepare_upstream(req, &route, client).map_err(on_route)?;
+    let mut up = prepare_upstream(req, &route, client).map_err(on_route)?;
+    read_ahead(&mut up, &route).await.map_err(on_route)?;
     let res = send(&route, up).await.map_err(on_route)?;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // Only a protocol the client asked for, on a route that allows it,
+        // may be switched to (issue 10 point 2).
+        return Err(on_route(ProxyError::Upgrade(
+            "the upstream switched protocols on a request that did not ask to".into(),
+        )));
+    }
     Ok(finish_response(
         res,
         client,
@@ -328,6 +412,117 @@ async fn inner(
         &method,
         encoding,
     ))
+}
+
+/// RFC 9112 §3.2 and RFC 9113 §8.3.1: one Host, a valid authority, and
+/// in HTTP/2 the same as `:authority`; HTTP/1.1 needs one (1.0 does not).
+fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let mut all = req.headers().get_all(header::HOST).iter();
+    let host = all.next();
+    if all.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host"));
+    }
+    if let Some(h) = host {
+        if !valid_authority(h.as_bytes()) {
+            return Err(ProxyError::BadRequest("invalid Host"));
+        }
+    }
+    match (req.version(), host, req.uri().authority()) {
+        (Version::HTTP_2, Some(h), Some(a)) if h.as_bytes() != a.as_str().as_bytes() => {
+            Err(ProxyError::BadRequest("Host differs from :authority"))
+        }
+        (Version::HTTP_11, None, None) => Err(ProxyError::BadRequest("missing Host")),
+        _ => Ok(()),
+    }
+}
+
+/// `host [":" port]` as RFC 3986 §3.2.2 writes it: a reg-name (unreserved,
+/// percent-encoded, sub-delims), an IPv4 address, or a bracketed IP literal.
+pub fn valid_authority(b: &[u8]) -> bool {
+    if b.is_empty() || b.len() > 262 {
+        return false;
+    }
+    let (host_ok, rest) = if b[0] == b'[' {
+        match b.iter().position(|c| *c == b']') {
+            Some(end) => (
+                end > 1
+                    && b[1..end]
+                        .iter()
+                        .all(|c| c.is_ascii_hexdigit() || matches!(c, b':' | b'.')),
+                &b[end + 1..],
+            ),
+            None => return false,
+        }
+    } else {
+        let end = b.iter().position(|c| *c == b':').unwrap_or(b.len());
+        let host = &b[..end];
+        (
+            !host.is_empty()
+                && host
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(c)),
+            &b[end..],
+        )
+    };
+    host_ok
+        && match rest {
+            [] => true,
+            [b':', port @ ..] => port.len() <= 5 && port.iter().all(u8::is_ascii_digit),
+            _ => false,
+        }
+}
+
+/// The answer to `OPTIONS *`: what the server supports, nothing more.
+fn options_star() -> Response<ResponseBody> {
+    let mut res = Response::new(ResponseBody::empty());
+    res.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(crate::error::ALLOW));
+    res
+}
+
+/// Reads the request body ahead up to the route's `request_buffer`, so a
+/// slow client is kept off the upstream (issue 10 point 6), and gives the
+/// upstream request the framing of what is known: a length when the whole
+/// body was read, `chunked` when it still streams. hyper's client would
+/// drop the body of a GET or HEAD without either (issue 10 point 9).
+async fn read_ahead(up: &mut Request<UpstreamBody>, route: &RouteRt) -> Result<(), ProxyError> {
+    use http_body::Body as _;
+    if up.body().is_end_stream() {
+        return Ok(());
+    }
+    up.body_mut()
+        .buffer(route.request_buffer)
+        .await
+        .map_err(|e| body_error(&*e, route))?;
+    if up.headers().contains_key(header::CONTENT_LENGTH) || up.body().is_end_stream() {
+        return Ok(());
+    }
+    match up.body().size_hint().exact() {
+        Some(n) => {
+            up.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
+        None => {
+            up.headers_mut().insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The status for a request body that failed while it was read.
+fn body_error(e: &(dyn std::error::Error + 'static), route: &RouteRt) -> ProxyError {
+    if caused_by::<BodyTooLarge>(e) {
+        ProxyError::BodyTooLarge {
+            limit: route.max_body,
+        }
+    } else if caused_by::<crate::body::ClientBodyTimeout>(e) {
+        ProxyError::ClientTimeout(route.client_body_timeout)
+    } else {
+        ProxyError::BadRequest("the request body could not be read")
+    }
 }
 
 /// Picks the route: the longest matching prefix whose access rules admit
@@ -355,7 +550,7 @@ fn admit_rate(route: &RouteRt, ip: IpAddr) -> Result<(), ProxyError> {
     match &route.limiter {
         None => Ok(()),
         Some(l) => l
-            .check(ip, crate::policy::rate_limit::now_nanos())
+            .check(ip, crate::clock::now_nanos())
             .map_err(|wait| ProxyError::RateLimited { retry_after: wait }),
     }
 }
@@ -399,8 +594,9 @@ pub fn prepare_upstream(
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let limit = route.max_body;
     let counter = client.bytes_in.clone();
+    let idle = route.client_body_timeout;
     prepare_upstream_with(
-        req.map(|b| UpstreamBody::new(b, limit, counter)),
+        req.map(|b| UpstreamBody::new(b, limit, idle, counter)),
         route,
         client,
     )
@@ -515,7 +711,7 @@ pub async fn send(
                 | ProxyError::UpstreamTimeout(_)
                 | ProxyError::UpstreamProtocol(_)),
             ) => {
-                let until = crate::policy::rate_limit::now_nanos() + FAIL_TIMEOUT.as_nanos() as u64;
+                let until = crate::clock::now_nanos() + FAIL_TIMEOUT.as_nanos() as u64;
                 server.down_until.store(until, Relaxed);
                 let untried = (0..n).any(|i| tried & (1 << i) == 0);
                 if matches!(e, ProxyError::UpstreamConnect(_)) && retryable && untried {
@@ -560,7 +756,7 @@ impl Drop for Outstanding<'_> {
 /// balancing rule.
 fn pick(route: &RouteRt, tried: u64) -> usize {
     let n = route.servers.len().min(64);
-    let now = crate::policy::rate_limit::now_nanos();
+    let now = crate::clock::now_nanos();
     let untried = |i: usize| tried & (1 << i) == 0;
     let up = |i: usize| {
         let s = &route.servers[i];
@@ -582,18 +778,22 @@ fn pick(route: &RouteRt, tried: u64) -> usize {
 /// One attempt on the server the request's URI names.
 async fn send_once(
     route: &RouteRt,
-    req: Request<UpstreamBody>,
+    mut req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let res = match tokio::time::timeout(route.timeout, route.client.request(req)).await {
-        Err(_) => return Err(ProxyError::UpstreamTimeout(route.timeout)),
-        Ok(Err(e)) => {
-            if caused_by::<BodyTooLarge>(&e) {
-                return Err(ProxyError::BodyTooLarge {
-                    limit: route.max_body,
-                });
-            }
-            if caused_by::<ClientBodyError>(&e) {
-                return Err(ProxyError::BadRequest("the request body could not be read"));
+    let progress = req.body_mut().progress();
+    let sent = route.client.request(req);
+    let answer = match progress {
+        None => tokio::time::timeout(route.timeout, sent).await.ok(),
+        Some(p) => after_body(sent, &p, route.timeout).await,
+    };
+    let res = match answer {
+        None => return Err(ProxyError::UpstreamTimeout(route.timeout)),
+        Some(Err(e)) => {
+            if caused_by::<BodyTooLarge>(&e)
+                || caused_by::<crate::body::ClientBodyTimeout>(&e)
+                || caused_by::<ClientBodyError>(&e)
+            {
+                return Err(body_error(&e, route));
             }
             return Err(if e.is_connect() {
                 ProxyError::UpstreamConnect(e.into())
@@ -601,7 +801,7 @@ async fn send_once(
                 ProxyError::UpstreamProtocol(e.into())
             });
         }
-        Ok(Ok(res)) => res,
+        Some(Ok(res)) => res,
     };
     route.metrics.reached.store(true, Relaxed);
     // The upstream is held to the same framing rule as clients; hyper would
@@ -618,6 +818,33 @@ async fn send_once(
             Err(ProxyError::UpstreamStatus(res.status()))
         }
         _ => Ok(res),
+    }
+}
+
+/// Waits for the upstream's answer to a request whose body still streams:
+/// the response timeout starts once the body has been sent (a slow upload
+/// is the client's time, issue 10 point 1). Meanwhile the upstream is held
+/// to `limit` only when it is the one that stopped reading; a client that
+/// stops sending meets its own `client_body_timeout` inside the body.
+async fn after_body<F: std::future::Future>(
+    sent: F,
+    progress: &crate::body::Progress,
+    limit: std::time::Duration,
+) -> Option<F::Output> {
+    tokio::pin!(sent);
+    loop {
+        if progress.ended() {
+            return tokio::time::timeout(limit, sent).await.ok();
+        }
+        tokio::select! {
+            r = &mut sent => return Some(r),
+            () = progress.done.notified() => {}
+            () = tokio::time::sleep(limit) => {
+                if progress.upstream_stall().is_some_and(|n| n >= limit.as_nanos() as u64) {
+                    return None;
+                }
+            }
+        }
     }
 }
 

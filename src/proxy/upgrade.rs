@@ -14,7 +14,7 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{forwarded, prepare_upstream, send, Client};
 use crate::body::{ResponseBody, UpstreamBody};
@@ -23,17 +23,47 @@ use crate::runtime::RouteRt;
 
 static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
 
-/// An HTTP/1.1 request asking to switch protocols (RFC 9110 §7.8).
-pub fn is_h1_upgrade(req: &Request<Incoming>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+/// An HTTP/1.1 request asking to switch protocols (RFC 9110 §7.8) to one
+/// the route allows: the `Upgrade` value to forward (the allowed tokens
+/// the client offered, in its order). Other tokens are not forwarded, so
+/// `Upgrade: h2c` is an ordinary request (issue 10 point 2).
+pub fn h1_protocols(req: &Request<Incoming>, allowed: &[String]) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || !req.headers().contains_key(header::UPGRADE) {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asks {
+        return None;
+    }
+    let offered: Vec<&str> = req
+        .headers()
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| protocol_allowed(t, allowed))
+        .collect();
+    if offered.is_empty() {
+        return None;
+    }
+    HeaderValue::from_str(&offered.join(", ")).ok()
+}
+
+/// `websocket` matches `websocket` and `WebSocket/13` alike: the name
+/// before any `/version` is compared, without regard to case.
+fn protocol_allowed(token: &str, allowed: &[String]) -> bool {
+    let name = token.split('/').next().unwrap_or("");
+    allowed.iter().any(|a| {
+        let a_name = a.split('/').next().unwrap_or("");
+        a_name.eq_ignore_ascii_case(name) && (a == a_name || a.eq_ignore_ascii_case(token))
+    })
 }
 
 /// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441 §4).
@@ -51,20 +81,35 @@ pub fn is_h2_websocket(req: &Request<Incoming>) -> bool {
 /// ordinary response.
 pub async fn h1(
     mut req: Request<Incoming>,
+    protocols: HeaderValue,
     client: &Client,
     route: Arc<RouteRt>,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
-    let protocol = req.headers().get(header::UPGRADE).cloned();
     let host = super::request_host(&req);
     let mut up = prepare_upstream(req, &route, client)?;
-    if let Some(p) = protocol {
-        up.headers_mut().insert(header::UPGRADE, p);
-        up.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
+    up.headers_mut().insert(header::UPGRADE, protocols.clone());
+    up.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     let mut res = send(&route, up).await?;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // RFC 9110 §7.8: the server switches to one of the protocols the
+        // client listed; anything else is not opened as a tunnel.
+        let chosen = res
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim);
+        let offered = protocols.to_str().unwrap_or("");
+        let ok =
+            chosen.is_some_and(|c| offered.split(',').any(|o| o.trim().eq_ignore_ascii_case(c)));
+        if !ok {
+            return Err(ProxyError::Upgrade(
+                "the upstream switched to a protocol the client did not ask for".into(),
+            ));
+        }
+    }
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(super::finish_response(
             res,
@@ -201,58 +246,122 @@ pub enum Closed {
 /// Copies bytes both ways until both directions reach end of stream, or
 /// until nothing moves for `idle`. A half-close is passed on as a shutdown
 /// of the other side's write half.
+///
+/// Both directions and the idle deadline are polled together on every
+/// wake-up, so a peer that stops reading stalls only its own direction:
+/// the other goes on, and the deadline still closes a tunnel in which
+/// nothing moves (a zero TCP window included; issue 10 point 12).
 pub async fn splice<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<Closed>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf_a = vec![0u8; 16 * 1024];
-    let mut buf_b = vec![0u8; 16 * 1024];
-    let (mut a_open, mut b_open) = (true, true);
-    // The timer is moved only when it fires: each message just notes the
-    // time, which is far cheaper than re-arming a timer per message.
-    let mut last = tokio::time::Instant::now();
+    let moved = Activity::default();
+    let mut a = Watched {
+        io: a,
+        moved: &moved,
+    };
+    let mut b = Watched {
+        io: b,
+        moved: &moved,
+    };
+    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, 16 * 1024, 16 * 1024);
+    tokio::pin!(copy);
+    // The timer is moved only when it fires: each read or write just notes
+    // the time, which is far cheaper than re-arming a timer per message.
     let deadline = tokio::time::sleep(idle);
     tokio::pin!(deadline);
-    while a_open || b_open {
+    loop {
         tokio::select! {
-            n = a.read(&mut buf_a), if a_open => {
-                let n = n?;
-                if n == 0 {
-                    a_open = false;
-                    b.shutdown().await.ok();
-                } else {
-                    b.write_all(&buf_a[..n]).await?;
-                    b.flush().await?;
-                }
-            }
-            n = b.read(&mut buf_b), if b_open => {
-                let n = n?;
-                if n == 0 {
-                    b_open = false;
-                    a.shutdown().await.ok();
-                } else {
-                    a.write_all(&buf_b[..n]).await?;
-                    a.flush().await?;
-                }
-            }
+            r = &mut copy => return r.map(|_| Closed::Eof),
             () = &mut deadline => {
-                let quiet_until = last + idle;
+                let quiet_until = moved.last() + idle;
                 if quiet_until <= tokio::time::Instant::now() {
                     return Ok(Closed::Idle);
                 }
                 deadline.as_mut().reset(quiet_until);
-                continue;
             }
         }
-        last = tokio::time::Instant::now();
     }
-    Ok(Closed::Eof)
+}
+
+/// When bytes last moved in either direction of a tunnel, as nanoseconds
+/// after `base` (tokio's clock, so paused-time tests drive it too).
+struct Activity {
+    base: tokio::time::Instant,
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            base: tokio::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    fn touch(&self) {
+        let n = self.base.elapsed().as_nanos() as u64;
+        self.last.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn last(&self) -> tokio::time::Instant {
+        self.base + Duration::from_nanos(self.last.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// A stream that notes every read and write that moved bytes.
+struct Watched<'a, S> {
+    io: &'a mut S,
+    moved: &'a Activity,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut *self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.moved.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut *self.io).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.moved.touch();
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.io).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn splice_copies_both_ways_and_ends_on_close() {

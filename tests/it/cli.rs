@@ -51,7 +51,7 @@ async fn check_accepts_the_issue_file_and_prints_the_effective_setup() {
         "{out}"
     );
     assert!(out.contains("https [::]:443"), "{out}");
-    assert!(out.contains("/admin -> http://admin:3002 (timeout 1m, websocket idle 24h, max body 100 MiB, X-Forwarded-Prefix /admin/)"), "{out}");
+    assert!(out.contains("/admin -> http://admin:3002 (timeout 1m, websocket idle 24h, max body 100 MiB (read ahead 64 KiB, 1m between reads), X-Forwarded-Prefix /admin/)"), "{out}");
     assert!(out.contains("/api -> http://api:3001"), "{out}");
     assert!(out.contains("/ -> http://client:3000"), "{out}");
     assert!(out.contains("certificate: self-signed for \"localhost\" will be generated at ./certificates/ssl/cert.pem"), "{out}");

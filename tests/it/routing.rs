@@ -58,7 +58,7 @@ async fn longest_prefix_wins_on_segment_boundaries() {
 async fn path_and_query_reach_the_upstream_byte_for_byte() {
     let (px, _c, _a, _d) = three_routes().await;
     for target in [
-        "/api/a%2Fb//c/../d?x=%20y&z=1",
+        "/api/a%20b//c/../d?x=%20y&z=1",
         "/api/./x?",
         "/%61dmin",
         "/api?q=1&q=2#",
