@@ -27,8 +27,18 @@ pub enum Command {
 /// Accepts until the task is aborted.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, commands: mpsc::Sender<Command>) {
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off as the main
+                // listener does instead of spinning on the error.
+                static FAILED: crate::log_limit::Limit = crate::log_limit::Limit::new();
+                if let Some(suppressed) = FAILED.allow() {
+                    tracing::warn!(suppressed, "metrics listener: accept failed: {e}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let (shared, commands) = (shared.clone(), commands.clone());
         tokio::spawn(async move {
@@ -125,16 +135,19 @@ pub fn render(shared: &Shared) -> String {
     let mut extra = vec![
         (
             "gatehouse_config_generation",
+            "Configurations loaded so far (1 at start, +1 per reload).",
             String::new(),
             shared.generation.load(Relaxed) as f64,
         ),
         (
             "gatehouse_config_reload_failures_total",
+            "Reloads refused (the old configuration kept serving).",
             String::new(),
             shared.reload_failures.load(Relaxed) as f64,
         ),
         (
             "gatehouse_access_log_dropped_total",
+            "Access log lines dropped because stdout could not keep up.",
             String::new(),
             crate::access_log::DROPPED.load(Relaxed) as f64,
         ),
@@ -146,7 +159,8 @@ pub fn render(shared: &Shared) -> String {
             let name = san.split_once(':').map_or(san.as_str(), |(_, n)| n);
             extra.push((
                 "gatehouse_certificate_expiry_timestamp_seconds",
-                format!("{{name=\"{name}\"}}"),
+                "When the served certificate expires (Unix time), per name.",
+                format!("{{name=\"{}\"}}", crate::metrics::esc(name)),
                 info.not_after_unix as f64,
             ));
         }

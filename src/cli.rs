@@ -170,9 +170,16 @@ pub fn runtime(builder: &mut tokio::runtime::Builder) -> Option<tokio::runtime::
         .ok()
 }
 
+/// The libraries under the request path log what peers send them (h2
+/// writes a WARN line per unsolicited PING ACK, issue 10 point 10): only
+/// their errors are shown unless `RUST_LOG` asks for more. Gatehouse's own
+/// peer-caused lines are limited per call site (`log_limit`).
+pub const DEFAULT_LOG_FILTER: &str = "info,h2=error,hyper=error,rustls=error,tokio_rustls=error";
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     // AliasVault's containers log to stdout; so does Gatehouse.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt()

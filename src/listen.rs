@@ -215,6 +215,7 @@ pub async fn accept_loop(
             tokio::select! {
                 () = serve => {}
                 () = state.evicted() => {
+                    shared.metrics.connections_evicted.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(%peer, "idle connection closed to make room (connection limit)");
                 }
             }
@@ -298,11 +299,15 @@ async fn admit(
 /// while a request is in flight. HTTP/2 has no heads to wait for: any time
 /// without a request in flight counts against `keepalive`.
 async fn idle_limit(state: &ConnState, header: Duration, keepalive: Duration, h2: bool) {
+    // The phase changes under the timer (a request arrives and ends while
+    // it sleeps), so it never sleeps longer than the shorter limit: a
+    // connection closes at most that much late, for one timer per
+    // connection per limit period instead of one per request.
+    let step = header.min(keepalive).as_nanos() as u64;
     loop {
         let now = crate::clock::now_nanos();
         let deadline = match state.phase() {
-            // Look again later: the earliest it can expire once idle.
-            Phase::Busy => now + header.min(keepalive).as_nanos() as u64,
+            Phase::Busy => now + step,
             Phase::First(t) | Phase::Idle(t) if h2 => t + keepalive.as_nanos() as u64,
             Phase::First(t) | Phase::Head(t) => t + header.as_nanos() as u64,
             Phase::Idle(t) => t + keepalive.as_nanos() as u64,
@@ -310,7 +315,7 @@ async fn idle_limit(state: &ConnState, header: Duration, keepalive: Duration, h2
         if deadline <= now {
             return;
         }
-        tokio::time::sleep(Duration::from_nanos(deadline - now)).await;
+        tokio::time::sleep(Duration::from_nanos((deadline - now).min(step))).await;
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Metrics {
     pub open_websockets: AtomicI64,
     pub tls_handshakes: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
+    /// Idle connections closed to admit new ones at `max_connections`.
+    pub connections_evicted: AtomicU64,
 }
 
 impl Metrics {
@@ -62,9 +64,9 @@ impl Metrics {
         map.entry(path.to_string()).or_default().clone()
     }
 
-    /// The exposition text. `extra` holds gauges owned elsewhere (config
-    /// generation, certificate expiry) as (name, labels, value).
-    pub fn render(&self, extra: &[(&str, String, f64)]) -> String {
+    /// The exposition text. `extra` holds series owned elsewhere (config
+    /// generation, certificate expiry) as (name, help, labels, value).
+    pub fn render(&self, extra: &[(&str, &str, String, f64)]) -> String {
         let mut out = String::new();
         let routes = self
             .routes
@@ -158,10 +160,23 @@ impl Metrics {
             "gatehouse_tls_handshake_failures_total {}",
             self.tls_handshake_failures.load(Relaxed)
         );
+        out.push_str("# HELP gatehouse_connections_evicted_total Idle connections closed to admit new ones at max_connections.\n# TYPE gatehouse_connections_evicted_total counter\n");
+        let _ = writeln!(
+            out,
+            "gatehouse_connections_evicted_total {}",
+            self.connections_evicted.load(Relaxed)
+        );
         let mut last = "";
-        for (name, labels, value) in extra {
+        for (name, help, labels, value) in extra {
             if *name != last {
-                let _ = writeln!(out, "# TYPE {name} gauge");
+                let _ = writeln!(out, "# HELP {name} {help}");
+                // Prometheus naming: `_total` is a counter, the rest gauges.
+                let kind = if name.ends_with("_total") {
+                    "counter"
+                } else {
+                    "gauge"
+                };
+                let _ = writeln!(out, "# TYPE {name} {kind}");
                 last = name;
             }
             let _ = writeln!(out, "{name}{labels} {value}");
@@ -170,8 +185,12 @@ impl Metrics {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
+/// A label value as the exposition format writes it: backslash, double
+/// quote and line feed escaped.
+pub fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Counts a connection for as long as it lives.

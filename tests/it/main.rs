@@ -12,6 +12,7 @@ mod compression;
 mod external;
 mod failures;
 mod forwarding;
+mod hardening;
 mod limits;
 mod reload;
 mod routing;

@@ -360,6 +360,15 @@ impl Running {
         line
     }
 
+    /// Every line printed, to the end of the output (the process has
+    /// exited or is about to).
+    pub async fn all_output(&mut self) -> String {
+        while let Some(line) = within(self.lines.recv()).await {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+
     /// The port of the first `scheme://host:PORT` printed after `prefix`.
     pub async fn port_after(&mut self, prefix: &str) -> u16 {
         let line = self.wait_for(prefix).await;
