@@ -65,7 +65,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    fn from_u8(v: u8) -> Option<Refusal> {
+    pub(crate) fn from_u8(v: u8) -> Option<Refusal> {
         use Refusal::*;
         [
             Ambiguous,
@@ -141,6 +141,15 @@ pub enum Phase {
 }
 
 impl ConnState {
+    /// The refused request's position and why, if one was refused.
+    pub fn refused(&self) -> Option<(u64, Refusal)> {
+        let at = self.refused_at.load(Ordering::Acquire);
+        (at != 0)
+            .then(|| Refusal::from_u8(self.refusal.load(Ordering::Acquire)))
+            .flatten()
+            .map(|r| (at, r))
+    }
+
     /// Runs once per HTTP/1 request, in order, before anything else: its
     /// position, and the refusal when this is the request whose head was
     /// refused.
@@ -156,6 +165,8 @@ impl ConnState {
     /// The pipeline's answer to HTTP/1 request `n`: whether the connection
     /// switched protocols. Only a request that asked to upgrade waits for it.
     pub fn answered(&self, n: u64, switched: bool) {
+        // (Called for every HTTP/1 request; only an upgrade request's
+        // reader is waiting for it.)
         self.decision
             .store(n << 1 | u64::from(switched), Ordering::Release);
         let waker = self
@@ -276,6 +287,10 @@ pub struct Inspect<I> {
     heads: u64,
     limits: Limits,
     state_ref: Arc<ConnState>,
+    /// `METHOD TARGET` of the heads handed over, in order, when recording
+    /// (the differential fuzz targets and property tests); `None` in
+    /// service.
+    pub(crate) targets: Option<Vec<Vec<u8>>>,
 }
 
 impl<I> Inspect<I> {
@@ -292,6 +307,7 @@ impl<I> Inspect<I> {
             heads: 0,
             limits,
             state_ref: state,
+            targets: None,
         }
     }
 
@@ -299,7 +315,7 @@ impl<I> Inspect<I> {
     /// many leading bytes may go to hyper as they are; the rest has been
     /// taken in: a head being gathered, or bytes queued in `out` after a
     /// head that completed here.
-    fn process(&mut self, data: &[u8]) -> usize {
+    pub(crate) fn process(&mut self, data: &[u8]) -> usize {
         let mut i = 0;
         // While true, bytes pass straight through (no head held yet).
         let mut direct = true;
@@ -526,6 +542,12 @@ impl<I> Inspect<I> {
                     Body::Chunked => Some(State::ChunkLine),
                 };
                 self.upgrading = head.upgrade;
+                if let Some(t) = self.targets.as_mut() {
+                    // "METHOD TARGET", as the request line has them.
+                    let line = self.head.split(|b| *b == b'\n').next().unwrap_or_default();
+                    let end = line.iter().rposition(|b| *b == b' ').unwrap_or(line.len());
+                    t.push(line[..end].to_vec());
+                }
                 self.out.extend_from_slice(&self.head);
                 self.head.clear();
                 self.state = match body {
@@ -534,6 +556,28 @@ impl<I> Inspect<I> {
                 };
             }
         }
+    }
+
+    /// For [`crate::fuzzing`]: one read of `data`, appending what hyper
+    /// would be given to `passed`. An upgrade request is answered "not
+    /// switched" and the bytes held meanwhile are followed, as `poll_read`
+    /// does.
+    pub(crate) fn follow(&mut self, data: &[u8], passed: &mut Vec<u8>) {
+        let k = self.process(data);
+        passed.extend_from_slice(&data[..k]);
+        passed.append(&mut self.out);
+        while self.state == State::Await {
+            self.state_ref.answered(self.heads, false);
+            self.state = State::Head;
+            let held = std::mem::take(&mut self.held);
+            let k = self.process(&held);
+            passed.extend_from_slice(&held[..k]);
+            passed.append(&mut self.out);
+        }
+    }
+
+    pub(crate) fn heads(&self) -> u64 {
+        self.heads
     }
 
     /// In `Await`: the pipeline's decision for the awaited request, if made.

@@ -34,6 +34,8 @@ pub mod doctor;
 pub mod error;
 pub mod external;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod io;
 pub mod listen;
 pub mod log_limit;

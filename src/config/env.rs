@@ -130,7 +130,7 @@ impl Env {
 /// Parses `KEY=VALUE` lines as docker compose's `env_file` does: `#`
 /// comments, optional `export `, single or double quotes around the value.
 /// Returns (key, value, 1-based line).
-fn parse_dotenv(text: &str) -> Vec<(String, String, usize)> {
+pub(crate) fn parse_dotenv(text: &str) -> Vec<(String, String, usize)> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();

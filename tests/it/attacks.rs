@@ -34,16 +34,30 @@ async fn under_attack(mode: &str) {
     // The echo upstream reads whole bodies, as an API does: a slow body
     // then really holds a request open.
     let up = echo().await;
+    // The attack has a route (and upstream) of its own, so what reaches
+    // that upstream can be counted: its slow POSTs (slowhttptest's probes
+    // are GETs).
+    let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = posts.clone();
+    let attacked = upstream(move |req| {
+        if req.method() == http::Method::POST {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        echo_handler(req)
+    })
+    .await;
     let toml = format!(
         "force_https_redirect = false\n{}",
-        routes(&[("/", &up.url())])
+        routes(&[("/slow", &attacked.url()), ("/", &up.url())])
     );
     let px = Proxy::start(&toml).await;
-    let url = format!("http://127.0.0.1:{}/", px.http.port());
+    let url = format!("http://127.0.0.1:{}/slow", px.http.port());
+    // Slow bodies within request_buffer (64 KiB by default), so none may
+    // reach the upstream (issue 10 point 6).
     let mut attack = tokio::process::Command::new("slowhttptest")
         .args([
             mode, "-c", "1000", "-r", "500", "-i", "1", "-x", "10", "-p", "3", "-l", "12", "-s",
-            "100000", "-u",
+            "16384", "-u",
         ])
         .arg(&url)
         .stdout(std::process::Stdio::null())
@@ -80,6 +94,16 @@ async fn under_attack(mode: &str) {
         .expect("slowhttptest ends")
         .unwrap();
     assert!(status.success(), "slowhttptest failed to run");
+    if mode == "-B" {
+        assert_eq!(
+            posts.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "slow bodies reached the upstream ({} connections in all)",
+            attacked
+                .connections
+                .load(std::sync::atomic::Ordering::SeqCst)
+        );
+    }
     px.stop().await;
 }
 

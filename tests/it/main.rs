@@ -14,6 +14,7 @@ mod failures;
 mod forwarding;
 mod hardening;
 mod limits;
+mod properties;
 mod reload;
 mod routing;
 mod smuggling;
