@@ -2,21 +2,32 @@
 //! the nginx container in front of apps such as AliasVault.
 //!
 //! ```text
-//! accept ─► limits (total, per address) ─► PROXY header (trusted peers)
-//!        ─► TLS (ALPN h2 | http/1.1 | acme-tls/1) ─► hyper ─► proxy::handle
+//! accept ─► limits (total: evict the longest idle; per address, before
+//!            any read) ─► PROXY header (trusted peers, refused at the
+//!            signature otherwise)
+//!        ─► TLS (ALPN h2 | http/1.1 | acme-tls/1)
+//!        ─► HTTP/1: framing.rs holds each head until complete and checks
+//!            it (refusals become a stand-in request) ─► hyper
+//!           HTTP/2: hyper ─► proxy::handle; idle limits beside both
 //! handle():  rt = runtime snapshot (one per request); client = Client::of
-//!            (trusted X-Forwarded-For walk, request id)
-//!   inner(): ambiguous HTTP/1 framing (framing.rs)     → 400
+//!            (trusted X-Forwarded-For walk, request id); the request is
+//!            "busy" until its response body ends
+//!            refusal recorded by framing.rs             → 400/414/431/501/505/405
+//!   inner(): Host rules (RFC 9112 §3.2, RFC 9113 §8.3.1) → 400
+//!            TRACE → 405; OPTIONS * → 200; CONNECT → 405
 //!            Gatehouse-Diagnostics token (when configured) → report
 //!            plain HTTP: ACME challenge | 301 to HTTPS (unless a trusted
 //!            proxy says https)
-//!            select_route (longest prefix, allow/deny, fall-through) → 404 | 403
+//!            router::normalize; select_route (longest prefix on the
+//!            normal form, allow/deny, fall-through)      → 404 | 403 | 400
 //!            admit_rate (per-address limiter)           → 429
 //!            admit_body (Content-Length over max_body)  → 413
-//!            upgrade::h1 | upgrade::h2_websocket        (tunnels own their state)
+//!            upgrade::h1 (route's tokens) | upgrade::h2_websocket
+//!                                                       (tunnels own their state)
 //!            prepare_upstream (Host, hop-by-hop, X-Forwarded-*, X-Request-Id)
+//!            read_ahead (request_buffer, client_body_timeout) → 408 | 413
 //!            send (per-route pool of HTTP/1.1 senders, balancing, retry,
-//!            timeout)                                   → 503 status page
+//!            timeout from the end of the body)          → 503 status page
 //!            finish_response (hop-by-hop, Location, compression)
 //!   outer:   error → log once → ProxyError::into_response; security headers;
 //!            metrics; access-log entry written when the body ends
