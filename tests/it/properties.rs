@@ -192,8 +192,9 @@ proptest! {
         }
     }
 
-    /// Any bytes at all, in any pieces: no panic, and what is handed on is
-    /// never more than what came in plus one stand-in request.
+    /// Any bytes at all, in any pieces: no panic, what is handed on is
+    /// never more than what came in plus one stand-in request, and the
+    /// verdict is the one the bytes read whole get.
     #[test]
     fn arbitrary_bytes_never_panic(
         bytes in prop::collection::vec(any::<u8>(), 0..2000),
@@ -201,6 +202,9 @@ proptest! {
     ) {
         let seen = run(&reads(&bytes, &cuts));
         prop_assert!(seen.passed.len() <= bytes.len() + 64);
+        let whole = run(&[bytes.clone()]);
+        prop_assert_eq!(whole.refused, seen.refused);
+        prop_assert_eq!(whole.targets, seen.targets.clone());
         if seen.refused.is_some() {
             prop_assert!(seen.passed.ends_with(b"Connection: close\r\n\r\n"));
         }
