@@ -264,11 +264,6 @@ impl UpstreamBody {
         }
     }
 
-    /// True when every byte of the body has been read from the client.
-    pub fn is_complete(&self) -> bool {
-        self.ended
-    }
-
     /// Reads the body ahead, up to `max` bytes: a body that fits is read
     /// whole before the upstream is asked (slow clients are kept off the
     /// upstream, issue 10 point 6); a larger one streams from there.

@@ -494,22 +494,41 @@ impl<I> Inspect<I> {
     }
 
     /// A head still incomplete: refuse it once it is over a limit.
+    /// The checks run in the same order on a partial head as on a whole
+    /// one (`on_head`), so the verdict does not depend on where the reads
+    /// split the head.
     fn check_partial_head(&mut self) {
-        let line_end = self.head.iter().position(|b| *b == b'\n');
-        let line_len = line_end.unwrap_or(self.head.len());
-        if line_len > self.limits.max_uri {
-            self.heads += 1;
-            self.stand_in(Refusal::UriTooLong);
-        } else if self.head.len() > self.limits.max_head {
-            self.heads += 1;
-            self.stand_in(Refusal::HeadTooLarge);
-        } else if let Err(why) = check_partial(&mut self.head) {
+        if let Err(why) = self
+            .check_start()
+            .and_then(|()| check_partial(&mut self.head))
+        {
             // Bytes no request can start with (a TLS ClientHello on the
-            // plain port, binary noise): answered now, not at a blank line
-            // that may never come.
+            // plain port, binary noise), or over a limit: answered now, not
+            // at a blank line that may never come.
             self.heads += 1;
             self.stand_in(why);
         }
+    }
+
+    /// The first checks of any head, whole or not: the HTTP/2 preface,
+    /// the method, the request line and head limits.
+    fn check_start(&self) -> Result<(), Refusal> {
+        if self.head.starts_with(b"PRI * HTTP/2.0") {
+            return Err(Refusal::Http2Preface);
+        }
+        check_method(&self.head)?;
+        let line_len = self
+            .head
+            .iter()
+            .position(|b| *b == b'\n')
+            .unwrap_or(self.head.len());
+        if line_len > self.limits.max_uri {
+            return Err(Refusal::UriTooLong);
+        }
+        if self.head.len() > self.limits.max_head {
+            return Err(Refusal::HeadTooLarge);
+        }
+        Ok(())
     }
 
     /// Replaces the held head by the stand-in and stops reading.
@@ -526,12 +545,8 @@ impl<I> Inspect<I> {
     fn on_head(&mut self) {
         self.heads += 1;
         self.state_ref.head_started.store(0, Ordering::Release);
-        let line_len = self.head.iter().position(|b| *b == b'\n').unwrap_or(0);
-        if line_len > self.limits.max_uri {
-            return self.stand_in(Refusal::UriTooLong);
-        }
-        if self.head.len() > self.limits.max_head {
-            return self.stand_in(Refusal::HeadTooLarge);
+        if let Err(why) = self.check_start() {
+            return self.stand_in(why);
         }
         match check_head(&mut self.head) {
             Err(why) => self.stand_in(why),
@@ -549,7 +564,7 @@ impl<I> Inspect<I> {
                     t.push(line[..end].to_vec());
                 }
                 self.out.extend_from_slice(&self.head);
-                self.head.clear();
+                recycle(&mut self.head);
                 self.state = match body {
                     Some(s) => s,
                     None => self.after_body(),
@@ -587,6 +602,17 @@ impl<I> Inspect<I> {
     }
 }
 
+/// Empties a buffer for the next head, keeping an ordinary head's worth of
+/// capacity (no allocation per request) but not a large one's for the
+/// connection's whole life.
+fn recycle(buf: &mut Vec<u8>) {
+    if buf.capacity() > 4096 {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
+    }
+}
+
 /// What a head that passed says about its body.
 #[derive(Debug, PartialEq, Eq)]
 enum Body {
@@ -601,28 +627,34 @@ struct HeadInfo {
     upgrade: bool,
 }
 
-/// What can be said of a head not yet complete: an error as soon as the
-/// bytes so far cannot begin a valid one.
-/// Until the request line is complete only its method is judged: the
-/// verdict must not depend on where the reads split the head (`HTTP/2` is
-/// not yet `HTTP/2.0`; a fuzzer found that split once gave another answer).
+/// What can be said of a head not yet complete (after `check_start`): an
+/// error as soon as the bytes so far cannot begin a valid one. The version
+/// is judged only once the request line is complete: the verdict must not
+/// depend on where the reads split the head (`HTTP/2` is not yet
+/// `HTTP/2.0`; cargo fuzz found such splits giving other answers).
 fn check_partial(head: &mut [u8]) -> Result<(), Refusal> {
-    if head.starts_with(b"PRI * HTTP/2.0") {
-        return Err(Refusal::Http2Preface);
-    }
     if !head.contains(&b'\n') {
-        let method = head.split(|b| *b == b' ').next().unwrap_or_default();
-        return if method.iter().all(|b| is_tchar(*b)) {
-            Ok(())
-        } else {
-            Err(Refusal::Malformed)
-        };
+        return Ok(());
     }
     check_version(head)?;
     let mut fields = [httparse::EMPTY_HEADER; 128];
     match httparse::Request::new(&mut fields).parse(head) {
         Ok(_) | Err(httparse::Error::TooManyHeaders) => Ok(()),
         Err(_) => Err(Refusal::Malformed),
+    }
+}
+
+/// The method (up to the first space, or what has come of it) is a token:
+/// judged first, so that the verdict is the same however much has come.
+fn check_method(head: &[u8]) -> Result<(), Refusal> {
+    let method = head
+        .split(|b| matches!(b, b' ' | b'\r' | b'\n'))
+        .next()
+        .unwrap_or_default();
+    if method.iter().all(|b| is_tchar(*b)) {
+        Ok(())
+    } else {
+        Err(Refusal::Malformed)
     }
 }
 
@@ -663,9 +695,6 @@ fn check_version(head: &mut [u8]) -> Result<(), Refusal> {
 /// The rules of RFC 9112 for one complete head (`head` ends with its blank
 /// line), after [`check_version`].
 fn check_head(head: &mut [u8]) -> Result<HeadInfo, Refusal> {
-    if head.starts_with(b"PRI * HTTP/2.0") {
-        return Err(Refusal::Http2Preface);
-    }
     check_version(head)?;
     let mut fields = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut fields);
@@ -784,8 +813,8 @@ impl<I: AsyncRead + Unpin> AsyncRead for Inspect<I> {
                 buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
                 this.out_pos += n;
                 if this.out_pos == this.out.len() {
-                    this.out.clear();
                     this.out_pos = 0;
+                    recycle(&mut this.out);
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -961,6 +990,9 @@ POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\
         assert_eq!(run(&pieces).2, Some((1, Refusal::Http2Preface)));
         let pieces: Vec<&[u8]> = b"GET / HTTP/2.0\r\nHost: h\r\n\r\n".chunks(3).collect();
         assert_eq!(run(&pieces).2, Some((1, Refusal::Version)));
+        let bad = b"++/PY~I * HTTP/2.0\n\x14";
+        let pieces: Vec<&[u8]> = bad.chunks(1).collect();
+        assert_eq!(run(&pieces).2, run(&[bad]).2);
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(20_000));
         assert_eq!(run(&[long.as_bytes()]).2, Some((1, Refusal::UriTooLong)));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(70_000));

@@ -373,6 +373,9 @@ async fn inner(
     admit_rate(&route, client.ip).map_err(on_route)?;
     admit_body(&req, &route).map_err(on_route)?;
     if upgrade::is_h2_websocket(&req) {
+        if !route.upgrades.iter().any(|u| u == "websocket") {
+            return Err(on_route(ProxyError::MethodNotAllowed));
+        }
         return upgrade::h2_websocket(req, client, route.clone(), shared.metrics.clone())
             .await
             .map_err(on_route);
