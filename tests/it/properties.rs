@@ -202,7 +202,7 @@ proptest! {
     ) {
         let seen = run(&reads(&bytes, &cuts));
         prop_assert!(seen.passed.len() <= bytes.len() + 64);
-        let whole = run(&[bytes.clone()]);
+        let whole = run(std::slice::from_ref(&bytes));
         prop_assert_eq!(whole.refused, seen.refused);
         prop_assert_eq!(whole.targets, seen.targets.clone());
         if seen.refused.is_some() {
