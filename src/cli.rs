@@ -552,11 +552,25 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
         } else {
             "routes".to_string()
         };
-        let _ = writeln!(out, "  http  {} ({http_mode})", addr(cfg.http_port));
+        // The public port, when the listener binds another (a container).
+        let public = |listen: u16, public: u16| {
+            if listen == public {
+                String::new()
+            } else {
+                format!("public port {public}; ")
+            }
+        };
         let _ = writeln!(
             out,
-            "  https {} (routes; HTTP/2 and HTTP/1.1)",
-            addr(cfg.https_port)
+            "  http  {} ({}{http_mode})",
+            addr(cfg.listen_http()),
+            public(cfg.listen_http(), cfg.http_port)
+        );
+        let _ = writeln!(
+            out,
+            "  https {} ({}routes; HTTP/2 and HTTP/1.1)",
+            addr(cfg.listen_https()),
+            public(cfg.listen_https(), cfg.https_port)
         );
     }
     let l = &cfg.listener;

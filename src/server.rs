@@ -129,10 +129,11 @@ fn spawn_background(
 }
 
 fn check_ports(config: &Config) -> Result<(), ConfigError> {
-    if config.http_port == config.https_port && config.http_port != 0 {
+    let (http, https) = (config.listen_http(), config.listen_https());
+    if http == https && http != 0 {
         return Err(ConfigError::other(
             origin(config),
-            format!("http_port and https_port are both {}", config.http_port),
+            format!("the HTTP and HTTPS listeners would both bind port {http}"),
         ));
     }
     Ok(())
@@ -142,8 +143,8 @@ fn check_ports(config: &Config) -> Result<(), ConfigError> {
 fn wanted(config: &Config) -> Vec<(Kind, SocketAddr)> {
     let mut out = Vec::new();
     for &ip in &config.bind {
-        out.push((Kind::Http, SocketAddr::new(ip, config.http_port)));
-        out.push((Kind::Https, SocketAddr::new(ip, config.https_port)));
+        out.push((Kind::Http, SocketAddr::new(ip, config.listen_http())));
+        out.push((Kind::Https, SocketAddr::new(ip, config.listen_https())));
     }
     out
 }

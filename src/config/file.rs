@@ -15,6 +15,8 @@ use toml::Spanned;
 pub struct File {
     pub http_port: Option<Spanned<i64>>,
     pub https_port: Option<Spanned<i64>>,
+    pub listen_http_port: Option<Spanned<i64>>,
+    pub listen_https_port: Option<Spanned<i64>>,
     pub bind: Option<Vec<Spanned<String>>>,
     pub workers: Option<Spanned<i64>>,
     pub hostname: Option<Spanned<String>>,

@@ -60,7 +60,9 @@ impl Source {
 
 pub const DEFAULT_MAX_UPLOAD_MB: u64 = 100;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Short enough that a stopped container's 503 comes quickly (Caddy uses
+/// 3 s too, issue 11 point 4); a compose network connects in microseconds.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle limit of a WebSocket on a route that sets none. nginx's 60 s
 /// `proxy_read_timeout` silently kills idle sockets; an hour does not.
 pub const DEFAULT_WEBSOCKET_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -77,13 +79,27 @@ struct RouteDefaults {
     client_body_timeout: Duration,
 }
 
-/// AliasVault's three services, as its nginx routes them.
-const BUILT_IN: &str = r#"
+/// AliasVault's install folder's certificate paths (relative to it).
+const INSTALL_PATHS: &str = r#"
 [tls]
 cert = "certificates/ssl/cert.pem"
 key = "certificates/ssl/key.pem"
 webroot = "certificates/letsencrypt/www"
+"#;
 
+/// The same inside a container, at the paths AliasVault's compose file
+/// mounts (`./certificates/ssl:/etc/nginx/ssl`, `./certificates/letsencrypt:
+/// /etc/nginx/ssl-letsencrypt`, `./certificates/letsencrypt/www:/var/www/certbot`).
+const CONTAINER_PATHS: &str = r#"
+[tls]
+cert = "/etc/nginx/ssl/cert.pem"
+key = "/etc/nginx/ssl/key.pem"
+webroot = "/var/www/certbot"
+letsencrypt = "/etc/nginx/ssl-letsencrypt"
+"#;
+
+/// AliasVault's three services, as its nginx routes them.
+const ROUTES: &str = r#"
 [[route]]
 path = "/admin"
 upstream = "http://admin:3002"
@@ -117,9 +133,22 @@ pub fn load(source: &Source, env: &Env) -> Result<Config, ConfigError> {
             text,
             base_dir,
         } => (name.clone(), text.clone(), base_dir.clone()),
+        // The image sets GATEHOUSE_LAYOUT=container: AliasVault's container
+        // paths, where its compose file mounts the certificate folders.
+        Source::BuiltIn
+            if env
+                .get("GATEHOUSE_LAYOUT")
+                .is_some_and(|v| v.value.trim() == "container") =>
+        {
+            (
+                PathBuf::from("<built-in default>"),
+                format!("{CONTAINER_PATHS}{ROUTES}"),
+                PathBuf::from("/"),
+            )
+        }
         Source::BuiltIn => (
             PathBuf::from("<built-in default>"),
-            BUILT_IN.to_string(),
+            format!("{INSTALL_PATHS}{ROUTES}"),
             PathBuf::from("."),
         ),
     };
@@ -176,6 +205,16 @@ impl Builder<'_> {
             Some(v) => self.port(v, "https_port")?,
             None => 443,
         };
+        let listen_http_port = f
+            .listen_http_port
+            .as_ref()
+            .map(|v| self.port(v, "listen_http_port"))
+            .transpose()?;
+        let listen_https_port = f
+            .listen_https_port
+            .as_ref()
+            .map(|v| self.port(v, "listen_https_port"))
+            .transpose()?;
         let (bind, bind_is_default) = match &f.bind {
             None => (
                 vec![
@@ -383,6 +422,8 @@ impl Builder<'_> {
             source: None,
             http_port,
             https_port,
+            listen_http_port,
+            listen_https_port,
             bind,
             bind_is_default,
             workers,
@@ -419,34 +460,15 @@ impl Builder<'_> {
     fn acme(&self, a: file::Acme) -> Result<AcmeSettings, ConfigError> {
         let directory = match &a.directory {
             None => LETS_ENCRYPT.to_string(),
-            Some(v) => match v.get_ref().as_str() {
-                "production" | "letsencrypt" => LETS_ENCRYPT.to_string(),
-                "staging" => LETS_ENCRYPT_STAGING.to_string(),
-                url if url.starts_with("https://") && url.parse::<http::Uri>().is_ok() => {
-                    url.to_string()
-                }
-                _ => {
-                    return Err(self.err(
-                        v.span(),
-                        "directory",
-                        "expected an https:// directory URL, \"production\" or \"staging\"",
-                    ))
-                }
-            },
+            Some(v) => {
+                acme_directory(v.get_ref()).map_err(|m| self.err(v.span(), "directory", m))?
+            }
         };
         let challenge = match &a.challenge {
             None => Challenge::Http01,
-            Some(v) => match v.get_ref().as_str() {
-                "http-01" => Challenge::Http01,
-                "tls-alpn-01" => Challenge::TlsAlpn01,
-                _ => {
-                    return Err(self.err(
-                        v.span(),
-                        "challenge",
-                        "expected \"http-01\" or \"tls-alpn-01\"",
-                    ))
-                }
-            },
+            Some(v) => {
+                acme_challenge(v.get_ref()).map_err(|m| self.err(v.span(), "challenge", m))?
+            }
         };
         let mut extra_names = Vec::new();
         for n in a.names.iter().flatten() {
@@ -835,6 +857,89 @@ impl Builder<'_> {
     }
 }
 
+/// `directory` of `[acme]` or `GATEHOUSE_ACME_DIRECTORY`.
+fn acme_directory(v: &str) -> Result<String, &'static str> {
+    match v.trim() {
+        "production" | "letsencrypt" => Ok(LETS_ENCRYPT.to_string()),
+        "staging" => Ok(LETS_ENCRYPT_STAGING.to_string()),
+        url if url.starts_with("https://") && url.parse::<http::Uri>().is_ok() => {
+            Ok(url.to_string())
+        }
+        _ => Err("expected an https:// directory URL, \"production\" or \"staging\""),
+    }
+}
+
+/// `challenge` of `[acme]` or `GATEHOUSE_ACME_CHALLENGE`.
+fn acme_challenge(v: &str) -> Result<Challenge, &'static str> {
+    match v.trim() {
+        "http-01" => Ok(Challenge::Http01),
+        "tls-alpn-01" => Ok(Challenge::TlsAlpn01),
+        _ => Err("expected \"http-01\" or \"tls-alpn-01\""),
+    }
+}
+
+/// Built-in ACME from the environment alone (a container's `.env`, issue
+/// 11): `GATEHOUSE_ACME=true` turns it on without an `[acme]` table, the
+/// other variables override the table's keys.
+fn apply_acme_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
+    if let Some(v) = env.get("GATEHOUSE_ACME") {
+        match parse_bool(&v.value) {
+            Some(true) if cfg.acme.is_none() => {
+                cfg.acme = Some(AcmeSettings {
+                    email: None,
+                    directory: LETS_ENCRYPT.to_string(),
+                    challenge: Challenge::Http01,
+                    extra_names: Vec::new(),
+                    ca_roots: Vec::new(),
+                    eab: None,
+                })
+            }
+            Some(true) => {}
+            Some(false) => cfg.acme = None,
+            None => {
+                return Err(ConfigError::var(
+                    "GATEHOUSE_ACME",
+                    v,
+                    "expected true or false",
+                ))
+            }
+        }
+    }
+    let Some(acme) = cfg.acme.as_mut() else {
+        return Ok(());
+    };
+    if let Some(v) = env.get("GATEHOUSE_ACME_EMAIL") {
+        let e = v.value.trim();
+        acme.email = (!e.is_empty()).then(|| e.to_string());
+    }
+    if let Some(v) = env.get("GATEHOUSE_ACME_DIRECTORY") {
+        acme.directory = acme_directory(&v.value)
+            .map_err(|m| ConfigError::var("GATEHOUSE_ACME_DIRECTORY", v, m))?;
+    }
+    if let Some(v) = env.get("GATEHOUSE_ACME_CHALLENGE") {
+        acme.challenge = acme_challenge(&v.value)
+            .map_err(|m| ConfigError::var("GATEHOUSE_ACME_CHALLENGE", v, m))?;
+    }
+    if let Some(v) = env.get("GATEHOUSE_ACME_CA_ROOTS") {
+        acme.ca_roots = v
+            .value
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .collect();
+    }
+    Ok(())
+}
+
+/// The machine's own host name (in a container: the container's).
+fn own_hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
 /// A byte of a protocol name in `Upgrade` (RFC 9110 §7.8: token ["/" token]).
 fn is_tchar_or_slash(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b)
@@ -848,6 +953,12 @@ fn apply_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
     if let Some(v) = env.get("HTTPS_PORT") {
         cfg.https_port = env_port(v, "HTTPS_PORT")?;
     }
+    if let Some(v) = env.get("GATEHOUSE_LISTEN_HTTP_PORT") {
+        cfg.listen_http_port = Some(env_port(v, "GATEHOUSE_LISTEN_HTTP_PORT")?);
+    }
+    if let Some(v) = env.get("GATEHOUSE_LISTEN_HTTPS_PORT") {
+        cfg.listen_https_port = Some(env_port(v, "GATEHOUSE_LISTEN_HTTPS_PORT")?);
+    }
     if let Some(v) = env.get("FORCE_HTTPS_REDIRECT") {
         cfg.force_https_redirect = parse_bool(&v.value)
             .ok_or_else(|| ConfigError::var("FORCE_HTTPS_REDIRECT", v, "expected true or false"))?;
@@ -857,6 +968,14 @@ fn apply_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
         let h = v.value.trim();
         if h.is_empty() {
             cfg.hostname = "localhost".into();
+        } else if v.origin == env::Origin::Process && own_hostname().as_deref() == Some(h) {
+            // Docker sets HOSTNAME to the container's id when `.env` does
+            // not set it: that is not a name anyone reaches the service by,
+            // so no certificate is made for it (issue 11 point 3).
+            cfg.hostname = "localhost".into();
+            cfg.warnings.push(format!(
+                "HOSTNAME {h:?} is this machine's (container's) own host name, not set by .env: using \"localhost\"; set HOSTNAME in .env"
+            ));
         } else {
             validate_hostname(h).map_err(|m| ConfigError::var("HOSTNAME", v, m))?;
             cfg.hostname = h.to_string();
@@ -925,6 +1044,7 @@ fn apply_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
             }
         }
     }
+    apply_acme_env(cfg, env)?;
     if let Some(v) = env.get("LETSENCRYPT_ENABLED") {
         // AliasVault's entrypoint tests for exactly "true".
         cfg.letsencrypt_enabled = v

@@ -15,8 +15,14 @@ use http::{HeaderName, HeaderValue};
 pub struct Config {
     /// The file this came from, or `None` for the built-in default.
     pub source: Option<PathBuf>,
+    /// The public ports: what the world uses, put into redirects, `doctor`
+    /// and `external`.
     pub http_port: u16,
     pub https_port: u16,
+    /// Where Gatehouse binds when that differs from the public port (in a
+    /// container: 80 and 443 behind a mapped host port, issue 11).
+    pub listen_http_port: Option<u16>,
+    pub listen_https_port: Option<u16>,
     pub bind: Vec<IpAddr>,
     /// True when `bind` was not given: an address family the host lacks
     /// (IPv6 disabled in a container) is then skipped with a warning.
@@ -51,6 +57,18 @@ pub struct Config {
     pub unsupported_vars: Vec<&'static str>,
     /// Things worth a warning that do not stop the start (skipped tokens).
     pub warnings: Vec<String>,
+}
+
+impl Config {
+    /// The port the HTTP listener binds.
+    pub fn listen_http(&self) -> u16 {
+        self.listen_http_port.unwrap_or(self.http_port)
+    }
+
+    /// The port the HTTPS listener binds.
+    pub fn listen_https(&self) -> u16 {
+        self.listen_https_port.unwrap_or(self.https_port)
+    }
 }
 
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";

@@ -264,6 +264,12 @@ impl HttpClient {
             });
             return Ok(sender);
         }
+        // Every address failed: a stopped container's address stays in the
+        // cache otherwise, and each request would wait out the connect
+        // timeout on it (issue 11 point 4). The next attempt asks again.
+        if host.parse::<std::net::IpAddr>().is_err() {
+            self.inner.resolver.forget(host);
+        }
         Err(fail(last))
     }
 }
@@ -336,6 +342,12 @@ impl Resolver {
         Ok(addrs)
     }
 
+    /// Drops a name's cached addresses, after connecting to all of them
+    /// failed.
+    pub fn forget(&self, name: &str) {
+        self.lock().remove(name);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         // Held only for a map lookup or insert; a poisoned map is still valid.
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
@@ -366,6 +378,55 @@ mod tests {
         tokio::time::advance(Duration::from_millis(60)).await;
         let moved = r.resolve_name("api").await.unwrap();
         assert_eq!(moved[0].port(), 1001, "looked up again after the TTL");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    /// A name whose cached address refuses is looked up again at once, so
+    /// a restarted container's new address is used by the next request.
+    #[tokio::test]
+    async fn a_failed_connect_drops_the_cached_address() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = live.accept().await {
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from_static(b"ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        // The name's port is the authority's; on 127.0.0.2 nothing listens
+        // there, so that address is refused at once.
+        let dead = SocketAddr::from(([127, 0, 0, 2], live_addr.port()));
+        let calls = Arc::new(AtomicU16::new(0));
+        let c = calls.clone();
+        let resolver = Resolver::with_lookup(Duration::from_secs(60), move |_| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            let addr = if n == 0 { dead } else { live_addr };
+            Box::pin(async move { Ok(vec![addr]) })
+        });
+        let client = client_with(resolver, Duration::from_secs(3));
+        let req = || {
+            Request::get(format!("http://api:{}/", live_addr.port()))
+                .header("host", "api")
+                .body(UpstreamBody::empty())
+                .unwrap()
+        };
+        // The cache would keep the dead address for 60 s.
+        let first = tokio::time::timeout(Duration::from_secs(10), client.request(req()))
+            .await
+            .unwrap();
+        assert!(first.unwrap_err().is_connect());
+        let second = tokio::time::timeout(Duration::from_secs(10), client.request(req()))
+            .await
+            .unwrap();
+        assert_eq!(second.unwrap().status(), 200);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 

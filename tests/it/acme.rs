@@ -255,6 +255,38 @@ async fn http01_issues_a_certificate_in_certbot_layout() {
     px.stop().await;
 }
 
+/// Issue 11 point 3: built-in ACME turned on from the environment alone
+/// (a container's `.env`), no `[acme]` table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acme_from_the_environment_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(dir.path(), http, https, None, false).await;
+    let up = fixed(200, "OK").await;
+    let toml = format!(
+        "http_port = {http}\nhttps_port = {https}\nbind = [\"127.0.0.1\"]\n\n{}",
+        routes(&[("/", &up.url())])
+    );
+    let roots_file = pebble.server_cert.display().to_string();
+    let env = [
+        ("HOSTNAME", HOST),
+        ("GATEHOUSE_ACME", "true"),
+        ("GATEHOUSE_ACME_EMAIL", "admin@example.com"),
+        ("GATEHOUSE_ACME_DIRECTORY", pebble.directory.as_str()),
+        ("GATEHOUSE_ACME_CA_ROOTS", roots_file.as_str()),
+    ];
+    let px = Proxy::start_in(dir, &toml, &env).await;
+    let roots = pebble.issuing_root().await;
+    wait_issued(&px, &roots, None, Duration::from_secs(90)).await;
+    let live = px
+        .dir
+        .path()
+        .join("certificates/letsencrypt/live")
+        .join(HOST);
+    assert!(live.join("fullchain.pem").is_file());
+    px.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_alpn01_with_external_account_binding() {
     let dir = tempfile::tempdir().unwrap();

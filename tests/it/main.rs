@@ -9,6 +9,7 @@ mod balance;
 mod certs;
 mod cli;
 mod compression;
+mod container;
 mod external;
 mod failures;
 mod forwarding;
