@@ -4,6 +4,10 @@
 //!
 //! ```text
 //! wsbench echo ADDR                      serve WebSocket echo on ADDR
+//! wsbench service ADDR TEXT              HTTP/1.1 on ADDR: WebSocket echo at
+//!                                        any path, TEXT and the path for
+//!                                        anything else (the admin service of
+//!                                        the container test)
 //! wsbench rtt HOST:PORT PATH CONNS SECS [tls]
 //!                                        round trips; prints one JSON line
 //! wsbench idle HOST:PORT N               open N keep-alive connections, one
@@ -29,13 +33,14 @@ fn main() {
     let code = rt.block_on(async {
         match args.get(1).map(String::as_str) {
             Some("echo") => echo(&args[2]).await,
+            Some("service") => service(&args[2], &args[3]).await,
             Some("rtt") => {
                 let tls = args.get(6).is_some_and(|a| a == "tls");
                 rtt(&args[2], &args[3], args[4].parse().unwrap(), args[5].parse().unwrap(), tls).await
             }
             Some("idle") => idle(&args[2], args[3].parse().unwrap()).await,
             _ => {
-                eprintln!("usage: wsbench echo ADDR | rtt HOST:PORT PATH CONNS SECS [tls] | idle HOST:PORT N");
+                eprintln!("usage: wsbench echo ADDR | service ADDR TEXT | rtt HOST:PORT PATH CONNS SECS [tls] | idle HOST:PORT N");
                 2
             }
         }
@@ -60,6 +65,69 @@ async fn echo(addr: &str) -> i32 {
                     break;
                 }
             }
+        });
+    }
+}
+
+async fn service(addr: &str, text: &str) -> i32 {
+    use http_body_util::Full;
+    use hyper::body::Incoming;
+    let listener = TcpListener::bind(addr).await.expect("bind");
+    println!("listening {}", listener.local_addr().unwrap());
+    let text: Arc<str> = text.into();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let text = text.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                let text = text.clone();
+                async move {
+                    let key = req.headers().get("sec-websocket-key").cloned();
+                    let Some(key) = key else {
+                        let body = format!("{text} {}\n", req.uri().path());
+                        return Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            bytes::Bytes::from(body),
+                        )));
+                    };
+                    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+                        key.as_bytes(),
+                    );
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(up) = on.await else { return };
+                        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                            hyper_util::rt::TokioIo::new(up),
+                            tokio_tungstenite::tungstenite::protocol::Role::Server,
+                            None,
+                        )
+                        .await;
+                        while let Some(Ok(msg)) = ws.next().await {
+                            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    let mut res = hyper::Response::new(Full::new(bytes::Bytes::new()));
+                    *res.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+                    let h = res.headers_mut();
+                    h.insert(
+                        "upgrade",
+                        hyper::header::HeaderValue::from_static("websocket"),
+                    );
+                    h.insert(
+                        "connection",
+                        hyper::header::HeaderValue::from_static("Upgrade"),
+                    );
+                    h.insert("sec-websocket-accept", accept.parse().unwrap());
+                    Ok(res)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
         });
     }
 }

@@ -77,17 +77,29 @@ async fn answer(
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            let rt = shared.runtime.load();
+            let rt = shared.runtime.load_full();
+            // Reached, or marked down (a connect error or a failed health
+            // check): either way its state is known.
+            let unknown = |r: &crate::runtime::RouteRt| {
+                !r.metrics.reached.load(Relaxed)
+                    && !r.metrics.probed.load(Relaxed)
+                    && r.metrics.connect_errors.load(Relaxed) == 0
+                    && r.servers.iter().all(|s| s.healthy.load(Relaxed))
+            };
+            // A route no request has used yet is probed now (one connect
+            // per server), so a container is healthy before its first
+            // visitor (issue 11) without any traffic of ours otherwise.
+            let probes: Vec<_> = rt
+                .router
+                .iter()
+                .filter(|(_, r)| unknown(r))
+                .map(|(_, r)| crate::runtime::probe_once(r.clone()))
+                .collect();
+            futures_util::future::join_all(probes).await;
             let waiting: Vec<String> = rt
                 .router
                 .iter()
-                .filter(|(_, r)| {
-                    // Reached, or marked down (a connect error or a failed
-                    // health check): either way its state is known.
-                    !r.metrics.reached.load(Relaxed)
-                        && r.metrics.connect_errors.load(Relaxed) == 0
-                        && r.servers.iter().all(|s| s.healthy.load(Relaxed))
-                })
+                .filter(|(_, r)| unknown(r))
                 .map(|(p, r)| format!("{p} -> {}", r.upstream.url))
                 .collect();
             if waiting.is_empty() {

@@ -25,6 +25,8 @@ pub struct RouteMetrics {
     pub timeouts: AtomicU64,
     /// Set once a response came from the upstream (for /readyz).
     pub reached: std::sync::atomic::AtomicBool,
+    /// Set once the start-up connect probe of its servers has finished.
+    pub probed: std::sync::atomic::AtomicBool,
 }
 
 impl RouteMetrics {

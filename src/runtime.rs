@@ -20,6 +20,7 @@ pub struct RouteRt {
     pub path: String,
     pub upstream: Upstream,
     pub client: HttpClient,
+    pub connect_timeout: Duration,
     pub forwarded_prefix: Option<HeaderValue>,
     pub websocket_timeout: Duration,
     pub timeout: Duration,
@@ -80,6 +81,7 @@ impl Runtime {
                     path: r.path.clone(),
                     upstream: r.upstream.clone(),
                     client: upstream::client(r.connect_timeout),
+                    connect_timeout: r.connect_timeout,
                     forwarded_prefix: r.forwarded_prefix.clone(),
                     websocket_timeout: r.websocket_timeout,
                     timeout: r.timeout,
@@ -141,6 +143,22 @@ impl Access {
         }
         Ok(())
     }
+}
+
+/// One TCP connect to each of a route's servers, when `/readyz` (a
+/// container's HEALTHCHECK) asks about a route no request has used yet.
+/// Reached or refused, the state is known; neither counts as a request or
+/// an error.
+pub async fn probe_once(route: Arc<RouteRt>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    for server in &route.servers {
+        let _ = tokio::time::timeout(
+            route.connect_timeout,
+            tokio::net::TcpStream::connect(server.authority.as_str()),
+        )
+        .await;
+    }
+    route.metrics.probed.store(true, Relaxed);
 }
 
 /// Active health checks of one route's servers, for as long as its
