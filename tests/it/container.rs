@@ -347,6 +347,32 @@ async fn the_image_drops_into_aliasvaults_compose_file() {
         .unwrap();
     println!("image size: {size} bytes");
     assert!(size < 15 * 1024 * 1024, "image is {size} bytes");
+    let exposed = d.docker(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{json .Config.ExposedPorts}}",
+        "gatehouse:latest",
+    ]);
+    assert!(
+        exposed.contains("80/tcp") && exposed.contains("443/tcp"),
+        "{exposed}"
+    );
+    // A file mounted at /etc/gatehouse/gatehouse.toml replaces the layout.
+    let conf = tempfile::tempdir().unwrap();
+    std::fs::write(
+        conf.path().join("gatehouse.toml"),
+        "[[route]]\npath = \"/\"\nupstream = \"http://elsewhere:8080\"\n",
+    )
+    .unwrap();
+    let mount = format!(
+        "{}:/etc/gatehouse/gatehouse.toml:ro",
+        conf.path().join("gatehouse.toml").display()
+    );
+    let out = d.docker(&["run", "--rm", "-v", &mount, "gatehouse:latest", "check"]);
+    assert!(out.contains("configuration: gatehouse.toml: ok"), "{out}");
+    assert!(out.contains("/ -> http://elsewhere:8080"), "{out}");
+    assert!(out.contains("http  0.0.0.0:80 "), "binds 80 inside: {out}");
     // The upstreams, FROM scratch too: busybox httpd for / and /api, the
     // project's WebSocket tool (static) for /admin and its WebSocket.
     run_ok(
