@@ -65,7 +65,8 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub(crate) fn from_u8(v: u8) -> Option<Refusal> {
+    /// Every refusal, for reading one back from its `u8`.
+    const ALL: [Refusal; 11] = {
         use Refusal::*;
         [
             Ambiguous,
@@ -80,8 +81,10 @@ impl Refusal {
             Connect,
             Malformed,
         ]
-        .into_iter()
-        .find(|r| *r as u8 == v)
+    };
+
+    pub(crate) fn from_u8(v: u8) -> Option<Refusal> {
+        Self::ALL.into_iter().find(|r| *r as u8 == v)
     }
 }
 

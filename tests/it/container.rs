@@ -518,21 +518,12 @@ async fn the_image_drops_into_aliasvaults_compose_file() {
         "503 after {took:?} (connect timeout 3 s)"
     );
     d.compose(dir, &["start", "api"]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    loop {
-        if tls_get(https, &cert, "/api")
+    until_served(Duration::from_secs(30), "api back", || async {
+        tls_get(https, &cert, "/api")
             .await
             .is_some_and(|r| r.status == 200)
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "api never came back"
-        );
-        tick.tick().await;
-    }
+    })
+    .await;
     // The container reports healthy (its HEALTHCHECK runs `gatehouse health`).
     let id = d
         .compose(dir, &["ps", "-q", "reverse-proxy"])
@@ -573,15 +564,12 @@ async fn the_image_drops_into_aliasvaults_compose_file() {
     d.compose(dir, &["up", "-d"]);
     wait_tls(https, &first).await;
     let second = place(&live);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    while tls_get(https, &second, "/").await.is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the renewed pair was never served"
-        );
-        tick.tick().await;
-    }
+    until_served(
+        Duration::from_secs(30),
+        "the renewed pair served",
+        || async { tls_get(https, &second, "/").await.is_some() },
+    )
+    .await;
     // `docker stop` (SIGTERM to PID 1) ends it with 0 within the grace period.
     let id = d
         .compose(dir, &["ps", "-q", "reverse-proxy"])
@@ -605,12 +593,24 @@ fn rand_suffix() -> u64 {
 /// Waits (bounded) until the HTTPS port answers a request with a
 /// certificate that `ca` verifies.
 async fn wait_tls(port: u16, ca: &Path) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    until_served(Duration::from_secs(60), "a TLS answer", || async {
+        tls_get(port, ca, "/").await.is_some()
+    })
+    .await;
+}
+
+/// Polls an asynchronous condition every 200 ms for up to `limit`.
+async fn until_served<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    while tls_get(port, ca, "/").await.is_none() {
+    while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no TLS answer on {port}"
+            "{what}: not within {limit:?}"
         );
         tick.tick().await;
     }

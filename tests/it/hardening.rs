@@ -10,6 +10,17 @@ use tokio::net::TcpStream;
 
 use crate::support::*;
 
+/// The proxy with one route to an echo upstream, serving on both ports.
+async fn echo_proxy() -> (Proxy, Upstream) {
+    let up = echo().await;
+    let px = Proxy::start(&format!(
+        "force_https_redirect = false\n{}",
+        route("/", &up.url(), "")
+    ))
+    .await;
+    (px, up)
+}
+
 fn route(path: &str, upstream: &str, extra: &str) -> String {
     format!("[[route]]\npath = \"{path}\"\nupstream = \"{upstream}\"\n{extra}\n")
 }
@@ -100,12 +111,7 @@ async fn a_stalled_body_is_408_and_never_reaches_the_upstream() {
 /// a 101 is accepted only for the protocol the client asked for.
 #[tokio::test]
 async fn only_allowed_upgrade_tokens_are_tunnelled() {
-    let up = echo().await;
-    let px = Proxy::start(&format!(
-        "force_https_redirect = false\n{}",
-        route("/", &up.url(), "")
-    ))
-    .await;
+    let (px, _up) = echo_proxy().await;
     let out = raw(
         px.http,
         b"GET /anything HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
@@ -312,12 +318,7 @@ async fn invalid_host_values_are_400_and_not_forwarded() {
 /// Defect 4: HTTP/2 `:authority` and a different `host` (RFC 9113 §8.3.1).
 #[tokio::test]
 async fn http2_authority_and_host_that_differ_are_refused() {
-    let up = echo().await;
-    let px = Proxy::start(&format!(
-        "force_https_redirect = false\n{}",
-        route("/", &up.url(), "")
-    ))
-    .await;
+    let (px, up) = echo_proxy().await;
     let mut h2 = H2::connect(&px).await;
     h2.headers(1, &[(b"host", b"evil.example")]).await;
     h2.headers(3, &[(b"host", b"localhost")]).await;
@@ -407,12 +408,7 @@ async fn keepalive_timeout_closes_idle_keep_alive_connections() {
 /// closes the connection.
 #[tokio::test]
 async fn framing_rules_hold_after_an_upgrade_request_and_connect() {
-    let up = echo().await;
-    let px = Proxy::start(&format!(
-        "force_https_redirect = false\n{}",
-        route("/", &up.url(), "")
-    ))
-    .await;
+    let (px, up) = echo_proxy().await;
     let out = raw(
         px.http,
         b"GET /first HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: foo\r\n\r\n\
@@ -447,12 +443,7 @@ POST /second HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chun
 /// Defect 8: `gzip, chunked` is 501 (RFC 9112 §6.1); `chunked` twice 400.
 #[tokio::test]
 async fn transfer_codings_other_than_one_chunked_are_refused() {
-    let up = echo().await;
-    let px = Proxy::start(&format!(
-        "force_https_redirect = false\n{}",
-        route("/", &up.url(), "")
-    ))
-    .await;
+    let (px, up) = echo_proxy().await;
     for (te, want) in [
         ("Transfer-Encoding: gzip, chunked\r\n", "501"),
         ("Transfer-Encoding: chunked, chunked\r\n", "400"),
@@ -672,12 +663,7 @@ async fn a_stalled_reader_cannot_hold_a_tunnel_open() {
 /// `OPTIONS *` answered here, an HTTP/2 preface on the HTTP port 400.
 #[tokio::test]
 async fn the_smaller_ones() {
-    let up = echo().await;
-    let px = Proxy::start(&format!(
-        "force_https_redirect = false\n{}",
-        route("/", &up.url(), "")
-    ))
-    .await;
+    let (px, up) = echo_proxy().await;
     let out = raw(
         px.http,
         b"GET /v HTTP/1.2\r\nHost: h\r\nConnection: close\r\n\r\n",
@@ -726,12 +712,7 @@ async fn the_smaller_ones() {
 /// the README's limits.)
 #[tokio::test]
 async fn a_malformed_http2_request_resets_only_its_stream() {
-    let up = echo().await;
-    let px = Proxy::start(&format!(
-        "force_https_redirect = false\n{}",
-        route("/", &up.url(), "")
-    ))
-    .await;
+    let (px, _up) = echo_proxy().await;
     for bad in [
         &[(&b"connection"[..], &b"keep-alive"[..])][..],
         &[(b"te", b"gzip")],
