@@ -109,7 +109,7 @@ impl Daemon {
     }
 
     fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new(program);
+        let mut c = outside_cargo(program);
         c.env("DOCKER_HOST", self.host())
             .env("DOCKER_BUILDKIT", "0");
         c
@@ -159,6 +159,21 @@ impl Drop for Daemon {
             .args(["link", "delete", "docker0"])
             .output();
     }
+}
+
+/// A command without the variables `cargo test` gives this process
+/// (`CARGO_MANIFEST_DIR` and the like): a build script that watches one
+/// (ring's does) would otherwise rebuild what scripts/test built before
+/// the suite.
+fn outside_cargo(program: &str) -> Command {
+    let mut c = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_TARGET_DIR" {
+            c.env_remove(&key);
+        }
+    }
+    c
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -376,7 +391,7 @@ async fn the_image_drops_into_aliasvaults_compose_file() {
     // The upstreams, FROM scratch too: busybox httpd for / and /api, the
     // project's WebSocket tool (static) for /admin and its WebSocket.
     run_ok(
-        Command::new("cargo")
+        outside_cargo("cargo")
             .current_dir(&root)
             .env("CARGO_TARGET_DIR", &target)
             .args([
