@@ -395,23 +395,22 @@ impl Body for UpstreamBody {
         if let Some(n) = self.exact {
             return SizeHint::with_exact(n);
         }
-        match &self.inner {
-            // Part of it read ahead: the total is no longer what the
-            // client declared minus nothing; let the framing say chunked
-            // unless the client declared a length.
-            Some(b) if self.ahead.is_empty() => b.size_hint(),
-            Some(b) => match b.size_hint().exact() {
-                Some(_) => {
-                    let ahead: u64 = self
-                        .ahead
-                        .iter()
-                        .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
-                        .sum();
-                    SizeHint::with_exact(ahead + b.size_hint().exact().unwrap_or(0))
-                }
-                None => SizeHint::default(),
-            },
-            None => SizeHint::with_exact(0),
+        let Some(inner) = &self.inner else {
+            return SizeHint::with_exact(0);
+        };
+        // Part of it read ahead: what is left of a declared length plus
+        // the frames held; no length declared stays unknown (chunked).
+        match inner.size_hint().exact() {
+            Some(left) => {
+                let ahead: u64 = self
+                    .ahead
+                    .iter()
+                    .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+                    .sum();
+                SizeHint::with_exact(ahead + left)
+            }
+            None if self.ahead.is_empty() => inner.size_hint(),
+            None => SizeHint::default(),
         }
     }
 }

@@ -662,7 +662,7 @@ fn check_method(head: &[u8]) -> Result<(), Refusal> {
 }
 
 /// A byte of a token (RFC 9110 §5.6.2), as a method is made of.
-fn is_tchar(b: u8) -> bool {
+pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

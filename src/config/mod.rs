@@ -763,7 +763,8 @@ impl Builder<'_> {
                 })
             }
         };
-        // RFC 9113 §3.1 removed h2c; tunnelling it would let requests
+        // A protocol name is token ["/" token] (RFC 9110 §7.8). RFC 9113
+        // §3.1 removed h2c; tunnelling it would let requests
         // inside the tunnel skip every route rule (issue 10 point 2).
         let upgrades = match &r.upgrades {
             None => vec!["websocket".to_string()],
@@ -778,7 +779,11 @@ impl Builder<'_> {
                             "h2c cannot be tunnelled (RFC 9113 removed it)",
                         ));
                     }
-                    if token.is_empty() || !token.bytes().all(is_tchar_or_slash) {
+                    if token.is_empty()
+                        || !token
+                            .bytes()
+                            .all(|b| crate::framing::is_tchar(b) || b == b'/')
+                    {
                         return Err(self.err(
                             t.span(),
                             "upgrades",
@@ -938,11 +943,6 @@ fn own_hostname() -> Option<String> {
         .ok()
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-}
-
-/// A byte of a protocol name in `Upgrade` (RFC 9110 §7.8: token ["/" token]).
-fn is_tchar_or_slash(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~/".contains(&b)
 }
 
 /// Environment variables override the file (AliasVault's `.env` names).
