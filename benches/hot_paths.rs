@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use gatehouse::config::ForwardedFor;
 use gatehouse::proxy::forwarded::{set_forwarding, strip_hop_by_hop, Observed};
-use gatehouse::router::Router;
+use gatehouse::router::{normalize, Router};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 fn browser_headers() -> HeaderMap {
@@ -39,11 +39,21 @@ fn route_lookup(c: &mut Criterion) {
         ("/api".to_string(), 1),
         ("/admin".to_string(), 2),
     ]);
+    // What the request pipeline does: normalise the path, then walk the
+    // candidates (the first one that admits the client wins).
+    let lookup = |path: &str| {
+        let norm = normalize(path);
+        let found = router.candidates(&norm.path).next().copied();
+        found
+    };
     c.bench_function("route /api/v1/Vault", |b| {
-        b.iter(|| router.route(black_box("/api/v1/Vault")))
+        b.iter(|| lookup(black_box("/api/v1/Vault")))
     });
     c.bench_function("route /_framework/dotnet.wasm", |b| {
-        b.iter(|| router.route(black_box("/_framework/dotnet.wasm")))
+        b.iter(|| lookup(black_box("/_framework/dotnet.wasm")))
+    });
+    c.bench_function("route /api/./v1//%56ault (normalised)", |b| {
+        b.iter(|| lookup(black_box("/api/./v1//%56ault")))
     });
 }
 

@@ -15,12 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method, Uri, Version};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Combined,
-    Json,
-    Off,
-}
+pub use crate::config::model::LogFormat as Format;
 
 /// Lines waiting for the writer; past this they are dropped.
 const QUEUE: usize = 16 * 1024;

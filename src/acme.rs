@@ -32,14 +32,52 @@ pub enum AcmeError {
     Problem(instant_acme::Problem),
     #[error("ACME request failed")]
     Client(#[source] instant_acme::Error),
-    #[error("{0}")]
-    Other(String),
+    #[error("the authorization of {name} is {status:?}")]
+    Authorization {
+        name: String,
+        status: AuthorizationStatus,
+    },
+    #[error("the CA offers no {0:?} challenge")]
+    NoChallenge(ChallengeType),
+    #[error("the CA asks to validate an identifier of a kind Gatehouse does not know")]
+    UnsupportedIdentifier,
+    #[error("the order is {status:?}{}", .problem.as_ref().map(|p| format!(": {}", describe_problem(p))).unwrap_or_default())]
+    Order {
+        status: OrderStatus,
+        problem: Option<instant_acme::Problem>,
+    },
+    #[error("cannot make a key, request or validation certificate")]
+    Key(#[source] rcgen::Error),
+    #[error("cannot use a key made for a validation certificate")]
+    ValidationKey(#[source] rustls::Error),
+    #[error("the certificate the CA issued cannot be served")]
+    Issued(#[source] crate::config::ConfigError),
+    #[error("eab_hmac_key is not base64url")]
+    Eab(#[source] base64::DecodeError),
+    #[error("ca_roots {path}")]
+    CaRoots {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("ca_roots {path}: a certificate was refused")]
+    CaRoot {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("cannot build the TLS client for the CA")]
+    Tls(#[source] rustls::Error),
+    #[error("cannot save the account")]
+    Account(#[source] serde_json::Error),
     #[error("cannot write {path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("file work on the blocking pool stopped")]
+    Stopped(#[source] tokio::task::JoinError),
 }
 
 impl From<instant_acme::Error> for AcmeError {
@@ -114,9 +152,15 @@ impl Manager {
     }
 
     /// Seconds until the live certificate should be renewed (0: now).
-    fn due_in(&self) -> Duration {
+    async fn due_in(&self) -> Duration {
         let (cert, key) = self.live();
-        match tls::load_pair(&cert, &key, CertSource::Acme(cert.clone())) {
+        // File reads on the blocking pool (issue 12).
+        let read = tokio::task::spawn_blocking(move || {
+            tls::load_pair(&cert, &key, CertSource::Acme(cert.clone()))
+        })
+        .await;
+        match read.unwrap_or_else(|e| Err(crate::config::ConfigError::other("ACME", e.to_string())))
+        {
             Ok(l) => {
                 let names = self.names();
                 let covers = names
@@ -137,7 +181,7 @@ impl Manager {
     pub async fn run(self) {
         let mut failures = 0u32;
         loop {
-            let due = self.due_in();
+            let due = self.due_in().await;
             if !due.is_zero() {
                 tracing::info!(
                     "ACME: certificate for {} is renewed in {}s",
@@ -164,7 +208,7 @@ impl Manager {
                     tracing::error!(
                         "ACME: obtaining a certificate for {} failed: {}; retrying in {}s",
                         self.hostname,
-                        crate::proxy::ErrorChain(&e),
+                        crate::error_chain::ErrorChain(&e),
                         wait.as_secs()
                     );
                     tokio::time::sleep(wait).await;
@@ -194,124 +238,119 @@ impl Manager {
             Challenge::Http01 => ChallengeType::Http01,
             Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
         };
-        let mut cleanup: Vec<(String, String)> = Vec::new();
-        let result = async {
+        {
+            // Withdrawn when this block ends, and also when the task is
+            // aborted mid-order (a reload that changes the ACME settings,
+            // shutdown): the guard's drop runs either way.
+            let mut answers = Answers {
+                resolver: &self.resolver,
+                tokens: &self.tokens,
+                installed: Vec::new(),
+            };
             let mut authorizations = order.authorizations();
             while let Some(authz) = authorizations.next().await {
                 let mut authz = authz?;
+                let name = match &authz.identifier().identifier {
+                    Identifier::Dns(n) => n.clone(),
+                    Identifier::Ip(ip) => ip.to_string(),
+                    _ => return Err(AcmeError::UnsupportedIdentifier),
+                };
                 match authz.status {
                     AuthorizationStatus::Pending => {}
                     AuthorizationStatus::Valid => continue,
-                    other => return Err(AcmeError::Other(format!("authorization is {other:?}"))),
+                    status => return Err(AcmeError::Authorization { name, status }),
                 }
-                let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
-                    AcmeError::Other(format!("the CA offers no {kind:?} challenge"))
-                })?;
+                let mut challenge = authz
+                    .challenge(kind.clone())
+                    .ok_or_else(|| AcmeError::NoChallenge(kind.clone()))?;
                 let key_auth = challenge.key_authorization();
-                let name = match challenge.identifier().identifier {
-                    Identifier::Dns(n) => n.clone(),
-                    Identifier::Ip(ip) => ip.to_string(),
-                    other => {
-                        return Err(AcmeError::Other(format!(
-                            "unsupported identifier {other:?}"
-                        )))
-                    }
-                };
                 match kind {
                     ChallengeType::TlsAlpn01 => {
-                        let cert = validation_cert(&name, key_auth.digest().as_ref())?;
-                        self.resolver.set_challenge(&name, Some(cert));
-                        cleanup.push(("tls".into(), name));
+                        let digest = key_auth.digest().as_ref().to_vec();
+                        let for_name = name.clone();
+                        let cert = tokio::task::spawn_blocking(move || {
+                            validation_cert(&for_name, &digest)
+                        })
+                        .await
+                        .map_err(AcmeError::Stopped)??;
+                        answers.install(Answer::TlsAlpn(name), Some(cert), "");
                     }
-                    _ => {
-                        self.lock_tokens()
-                            .insert(challenge.token.clone(), key_auth.as_str().to_string());
-                        cleanup.push(("http".into(), challenge.token.clone()));
-                    }
+                    _ => answers.install(
+                        Answer::Http(challenge.token.clone()),
+                        None,
+                        key_auth.as_str(),
+                    ),
                 }
                 challenge.set_ready().await?;
             }
             let retry = RetryPolicy::new().timeout(Duration::from_secs(120));
             let status = order.poll_ready(&retry).await?;
             if status != OrderStatus::Ready {
-                let detail = order
-                    .state()
-                    .error
-                    .as_ref()
-                    .map(describe_problem)
-                    .unwrap_or_default();
-                return Err(AcmeError::Other(format!("order is {status:?} {detail}")));
-            }
-            Ok(())
-        }
-        .await;
-        for (kind, key) in cleanup {
-            if kind == "tls" {
-                self.resolver.set_challenge(&key, None);
-            } else {
-                self.lock_tokens().remove(&key);
+                return Err(AcmeError::Order {
+                    status,
+                    problem: order.state().error.clone(),
+                });
             }
         }
-        result?;
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .map_err(|e| AcmeError::Other(e.to_string()))?;
-        let mut params = rcgen::CertificateParams::new(names.clone())
-            .map_err(|e| AcmeError::Other(e.to_string()))?;
-        params.distinguished_name = rcgen::DistinguishedName::new();
-        let csr = params
-            .serialize_request(&key)
-            .map_err(|e| AcmeError::Other(e.to_string()))?;
-        order.finalize_csr(csr.der()).await?;
+        // Key generation on the blocking pool, with the CSR (issue 12).
+        let (key_pem, csr) = tokio::task::spawn_blocking({
+            let names = names.clone();
+            move || -> Result<(String, Vec<u8>), AcmeError> {
+                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                    .map_err(AcmeError::Key)?;
+                let mut params = rcgen::CertificateParams::new(names).map_err(AcmeError::Key)?;
+                params.distinguished_name = rcgen::DistinguishedName::new();
+                let csr = params.serialize_request(&key).map_err(AcmeError::Key)?;
+                Ok((key.serialize_pem(), csr.der().to_vec()))
+            }
+        })
+        .await
+        .map_err(AcmeError::Stopped)??;
+        order.finalize_csr(&csr).await?;
         let chain = order
             .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(120)))
             .await?;
-        let key_pem = key.serialize_pem();
         let ck = tls::certified_key(
             chain.as_bytes(),
             key_pem.as_bytes(),
             Path::new("ACME order"),
         )
-        .map_err(|e| AcmeError::Other(e.to_string()))?;
-        self.write_live(&chain, &key_pem)?;
+        .map_err(AcmeError::Issued)?;
+        self.write_live(chain.clone(), key_pem).await?;
         let (cert_path, _) = self.live();
-        let info = tls::inspect(&ck, CertSource::Acme(cert_path))
-            .map_err(|e| AcmeError::Other(e.to_string()))?;
+        let info = tls::inspect(&ck, CertSource::Acme(cert_path)).map_err(AcmeError::Issued)?;
         tracing::info!("ACME: certificate issued: {info}");
         self.resolver.set(ck);
         Ok(())
     }
 
-    fn lock_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// certbot's `live/NAME/` files: fullchain and privkey (what servers
-    /// read), plus cert and chain for tools that expect them.
-    fn write_live(&self, chain: &str, key_pem: &str) -> Result<(), AcmeError> {
+    /// read), plus cert and chain for tools that expect them. Written and
+    /// synced on the blocking pool.
+    async fn write_live(&self, chain: String, key_pem: String) -> Result<(), AcmeError> {
         let (fullchain, privkey) = self.live();
-        let dir = fullchain.parent().unwrap_or(Path::new("."));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |e: crate::config::ConfigError| AcmeError::Io {
-                path: path.clone(),
-                source: std::io::Error::other(e.to_string()),
+        tokio::task::spawn_blocking(move || {
+            let dir = fullchain.parent().unwrap_or(Path::new("."));
+            let split = chain
+                .find("-----END CERTIFICATE-----")
+                .map(|i| i + "-----END CERTIFICATE-----".len());
+            let (leaf, rest) = split.map_or((chain.as_str(), ""), |i| chain.split_at(i));
+            // The key first, so the pair is never briefly mismatched on disk
+            // for longer than one rename; the watcher ignores a mismatch.
+            let files = [
+                (privkey.clone(), key_pem.clone(), 0o600),
+                (fullchain.clone(), chain.clone(), 0o644),
+                (dir.join("cert.pem"), format!("{}\n", leaf.trim()), 0o644),
+                (dir.join("chain.pem"), format!("{}\n", rest.trim()), 0o644),
+            ];
+            for (path, data, mode) in files {
+                tls::write_file(&path, data.as_bytes(), mode)
+                    .map_err(|source| AcmeError::Io { path, source })?;
             }
-        };
-        let split = chain
-            .find("-----END CERTIFICATE-----")
-            .map(|i| i + "-----END CERTIFICATE-----".len());
-        let (leaf, rest) = split.map_or((chain, ""), |i| chain.split_at(i));
-        // The key first, so the pair is never briefly mismatched on disk for
-        // longer than one rename; the watcher ignores a mismatch anyway.
-        tls::write_file(&privkey, key_pem.as_bytes(), 0o600).map_err(io(&privkey))?;
-        tls::write_file(&fullchain, chain.as_bytes(), 0o644).map_err(io(&fullchain))?;
-        let cert = dir.join("cert.pem");
-        tls::write_file(&cert, format!("{}\n", leaf.trim()).as_bytes(), 0o644)
-            .map_err(io(&cert))?;
-        let chain_path = dir.join("chain.pem");
-        tls::write_file(&chain_path, format!("{}\n", rest.trim()).as_bytes(), 0o644)
-            .map_err(io(&chain_path))?;
-        Ok(())
+            Ok(())
+        })
+        .await
+        .map_err(AcmeError::Stopped)?
     }
 
     fn account_path(&self) -> PathBuf {
@@ -332,9 +371,9 @@ impl Manager {
     /// External Account Binding when configured) and saves it, mode 0600.
     async fn account(&self) -> Result<Account, AcmeError> {
         let path = self.account_path();
-        if let Ok(text) = std::fs::read(&path) {
+        if let Ok(text) = tokio::fs::read(&path).await {
             if let Ok(creds) = serde_json::from_slice::<AccountCredentials>(&text) {
-                return Ok(Account::builder_with_http(self.http()?)
+                return Ok(Account::builder_with_http(self.http().await?)
                     .from_credentials(creds)
                     .await?);
             }
@@ -349,12 +388,12 @@ impl Manager {
             Some((kid, key)) => {
                 let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
                     .decode(key.trim_end_matches('='))
-                    .map_err(|e| AcmeError::Other(format!("eab_hmac_key is not base64url: {e}")))?;
+                    .map_err(AcmeError::Eab)?;
                 Some(ExternalAccountKey::new(kid.clone(), &raw))
             }
             None => None,
         };
-        let (account, creds) = Account::builder_with_http(self.http()?)
+        let (account, creds) = Account::builder_with_http(self.http().await?)
             .create(
                 &NewAccount {
                     contact: &contacts,
@@ -365,38 +404,47 @@ impl Manager {
                 eab.as_ref(),
             )
             .await?;
-        let json =
-            serde_json::to_vec_pretty(&creds).map_err(|e| AcmeError::Other(e.to_string()))?;
-        tls::write_file(&path, &json, 0o600).map_err(|e| AcmeError::Io {
-            path: path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let json = serde_json::to_vec_pretty(&creds).map_err(AcmeError::Account)?;
+        tokio::task::spawn_blocking(move || {
+            tls::write_file(&path, &json, 0o600).map_err(|source| AcmeError::Io { path, source })
+        })
+        .await
+        .map_err(AcmeError::Stopped)??;
         tracing::info!("ACME: registered account {}", account.id());
         Ok(account)
     }
 
     /// The HTTPS client for the directory: the public web roots plus any
     /// `ca_roots`, on the ring provider.
-    fn http(&self) -> Result<Box<dyn instant_acme::HttpClient>, AcmeError> {
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for path in &self.settings.ca_roots {
-            for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| AcmeError::Other(format!("ca_roots {}: {e}", path.display())))?
-            {
-                let cert = cert
-                    .map_err(|e| AcmeError::Other(format!("ca_roots {}: {e}", path.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| AcmeError::Other(format!("ca_roots {}: {e}", path.display())))?;
+    async fn http(&self) -> Result<Box<dyn instant_acme::HttpClient>, AcmeError> {
+        let ca_roots = self.settings.ca_roots.clone();
+        let roots = tokio::task::spawn_blocking(move || {
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            for path in ca_roots {
+                let bad = |source| AcmeError::CaRoots {
+                    path: path.clone(),
+                    source,
+                };
+                for cert in rustls::pki_types::CertificateDer::pem_file_iter(&path).map_err(bad)? {
+                    roots
+                        .add(cert.map_err(bad)?)
+                        .map_err(|source| AcmeError::CaRoot {
+                            path: path.clone(),
+                            source,
+                        })?;
+                }
             }
-        }
+            Ok::<_, AcmeError>(roots)
+        })
+        .await
+        .map_err(AcmeError::Stopped)??;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| AcmeError::Other(e.to_string()))?
+        .map_err(AcmeError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -412,6 +460,56 @@ impl Manager {
     }
 }
 
+/// One challenge answer installed for the CA to fetch.
+enum Answer {
+    /// HTTP-01: the token, answered under `/.well-known/acme-challenge/`.
+    Http(String),
+    /// TLS-ALPN-01: the name whose validation certificate is served.
+    TlsAlpn(String),
+}
+
+/// The answers of one order, withdrawn when dropped: at the end of the
+/// order and when the task running it is aborted.
+struct Answers<'a> {
+    resolver: &'a CertResolver,
+    tokens: &'a Tokens,
+    installed: Vec<Answer>,
+}
+
+impl Answers<'_> {
+    fn install(
+        &mut self,
+        answer: Answer,
+        cert: Option<Arc<rustls::sign::CertifiedKey>>,
+        key_authorization: &str,
+    ) {
+        match &answer {
+            Answer::Http(token) => {
+                lock(self.tokens).insert(token.clone(), key_authorization.to_string());
+            }
+            Answer::TlsAlpn(name) => self.resolver.set_challenge(name, cert),
+        }
+        self.installed.push(answer);
+    }
+}
+
+impl Drop for Answers<'_> {
+    fn drop(&mut self) {
+        for answer in self.installed.drain(..) {
+            match answer {
+                Answer::Http(token) => {
+                    lock(self.tokens).remove(&token);
+                }
+                Answer::TlsAlpn(name) => self.resolver.set_challenge(&name, None),
+            }
+        }
+    }
+}
+
+fn lock(tokens: &Tokens) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+    tokens.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The TLS-ALPN-01 validation certificate (RFC 8737 §3): self-signed, SAN =
 /// the name, and the critical acmeIdentifier extension holding the SHA-256
 /// of the key authorization.
@@ -419,18 +517,18 @@ fn validation_cert(
     name: &str,
     digest: &[u8],
 ) -> Result<Arc<rustls::sign::CertifiedKey>, AcmeError> {
-    let fail = |e: rcgen::Error| AcmeError::Other(e.to_string());
-    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).map_err(fail)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec![name.to_string()]).map_err(AcmeError::Key)?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(fail)?;
-    let cert = params.self_signed(&key).map_err(fail)?;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(AcmeError::Key)?;
+    let cert = params.self_signed(&key).map_err(AcmeError::Key)?;
     // Built directly, without `certified_key`'s pair check: that check
     // parses the certificate with webpki, which (rightly, for a served
     // certificate) refuses the unknown critical acmeIdentifier extension.
-    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der())
-        .map_err(|e| AcmeError::Other(e.to_string()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&der)
-        .map_err(|e| AcmeError::Other(e.to_string()))?;
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signing =
+        rustls::crypto::ring::sign::any_supported_type(&der).map_err(AcmeError::ValidationKey)?;
     Ok(Arc::new(rustls::sign::CertifiedKey::new(
         vec![cert.der().clone()],
         signing,

@@ -158,6 +158,18 @@ pub fn render(shared: &Shared) -> String {
             shared.reload_failures.load(Relaxed) as f64,
         ),
         (
+            "gatehouse_config_restart_pending",
+            "Settings changed in the configuration that only a restart applies (workers, [metrics] listen).",
+            String::new(),
+            shared.restart_pending.load(Relaxed) as f64,
+        ),
+        (
+            "gatehouse_certificate_reload_failures_total",
+            "Changed certificate files that could not be used (the previous certificate kept serving).",
+            String::new(),
+            shared.certs.rejected_reloads.load(Relaxed) as f64,
+        ),
+        (
             "gatehouse_access_log_dropped_total",
             "Access log lines dropped because stdout could not keep up.",
             String::new(),

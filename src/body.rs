@@ -157,7 +157,8 @@ impl Body for ResponseBody {
 
 /// The request body was larger than the route allows. Raised while
 /// streaming, so a body without `Content-Length` is still capped; the error
-/// travels through hyper's client and is recognised by `is_body_too_large`.
+/// travels through hyper's client and is recognised with
+/// `caused_by::<BodyTooLarge>` in the request pipeline.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit of {limit} bytes")]
 pub struct BodyTooLarge {

@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Config, Env, Source};
 use crate::runtime::Runtime;
-use crate::server::{Server, StartError};
 use crate::tls;
 
 /// Gatehouse: a reverse proxy for self-hosted web apps (AliasVault's layout
@@ -93,7 +92,7 @@ pub struct DoctorArgs {
 }
 
 /// Exit status for configuration errors (file, line and key are printed).
-pub const EXIT_CONFIG: u8 = 2;
+pub use crate::config::EXIT_CONFIG;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -142,7 +141,8 @@ fn doctor(cli: &Cli, args: &DoctorArgs) -> ExitCode {
         admin: args.admin.clone(),
         timeout: Duration::from_secs(args.timeout.max(1)),
     };
-    let Some(rt) = runtime(&mut tokio::runtime::Builder::new_current_thread()) else {
+    let Some(rt) = crate::reload::runtime(&mut tokio::runtime::Builder::new_current_thread())
+    else {
         return ExitCode::FAILURE;
     };
     let outcome = rt.block_on(crate::doctor::run(&opts));
@@ -159,15 +159,6 @@ fn doctor(cli: &Cli, args: &DoctorArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// Builds a runtime with I/O and timers, or says why it cannot.
-pub fn runtime(builder: &mut tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
-    builder
-        .enable_all()
-        .build()
-        .map_err(|e| eprintln!("error: cannot start the runtime: {e}"))
-        .ok()
 }
 
 /// The libraries under the request path log what peers send them (h2
@@ -214,141 +205,14 @@ fn run(cli: &Cli) -> ExitCode {
         b.worker_threads(cfg.workers);
         b
     };
-    let Some(rt) = runtime(&mut builder) else {
+    let Some(rt) = crate::reload::runtime(&mut builder) else {
         return ExitCode::FAILURE;
     };
     let origin = crate::reload::Origin {
         source: Source::discover(cli.config.as_deref()),
         env_file: cli.env_file.clone(),
     };
-    rt.block_on(serve_until_signal(cfg, Some(origin), |_| {}))
-}
-
-/// Serves until SIGTERM or SIGINT, then drains for the grace period.
-/// With an `origin`, SIGHUP and changes to its files reload the
-/// configuration. `started` runs once every listener is bound.
-pub async fn serve_until_signal(
-    cfg: Config,
-    origin: Option<crate::reload::Origin>,
-    started: impl FnOnce(&Server),
-) -> ExitCode {
-    let grace = cfg.grace_period;
-    // Stamped before the server is up and announced: a change made once
-    // it is listening is a change, never the starting point.
-    let watched = origin.as_ref().map(|o| o.watched()).unwrap_or_default();
-    let mut seen = crate::reload::stamps(&watched).await;
-    let mut server = match Server::start(cfg).await {
-        Ok(s) => s,
-        Err(StartError::Config(e)) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    started(&server);
-    let mut pending: Option<Vec<_>> = None;
-    let mut tick = tokio::time::interval(crate::reload::WATCH_INTERVAL);
-    let mut hangup = hangup_signal();
-    let mut commands = server.take_admin_commands();
-    let stop = wait_for_signal();
-    tokio::pin!(stop);
-    let signal = loop {
-        tokio::select! {
-            signal = &mut stop => break signal,
-            Some(cmd) = next_command(&mut commands) => {
-                let crate::admin::Command::Reload(reply) = cmd;
-                let result = match &origin {
-                    Some(o) => crate::reload::reload(&mut server, o, "gatehouse reload").await.map_err(|e| e.to_string()),
-                    None => Err("this process has no configuration file to reload".to_string()),
-                };
-                let _ = reply.send(result);
-            }
-            () = next_hangup(&mut hangup) => {
-                if let Some(o) = &origin {
-                    let _ = crate::reload::reload(&mut server, o, "SIGHUP").await;
-                }
-            }
-            _ = tick.tick(), if origin.is_some() => {
-                let now = crate::reload::stamps(&watched).await;
-                match &pending {
-                    // Settled since the last check: apply it once.
-                    Some(p) if *p == now => {
-                        pending = None;
-                        seen = now;
-                        if let Some(o) = &origin {
-                            let _ = crate::reload::reload(&mut server, o, "file change").await;
-                        }
-                    }
-                    _ if now != seen => pending = Some(now),
-                    _ => pending = None,
-                }
-            }
-        }
-    };
-    tracing::info!(
-        "{signal} received: no new connections, finishing in-flight requests (grace {grace:?})"
-    );
-    let drained = server.shutdown(grace).await;
-    tracing::info!(drained, "stopped");
-    ExitCode::SUCCESS
-}
-
-#[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangup = ();
-
-fn hangup_signal() -> Hangup {
-    #[cfg(unix)]
-    {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
-    }
-}
-
-/// The next admin command; never when there is no admin listener.
-async fn next_command(
-    rx: &mut Option<tokio::sync::mpsc::Receiver<crate::admin::Command>>,
-) -> Option<crate::admin::Command> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves on SIGHUP; never where there is no such signal.
-async fn next_hangup(h: &mut Hangup) {
-    #[cfg(unix)]
-    if let Some(s) = h {
-        if s.recv().await.is_some() {
-            return;
-        }
-    }
-    std::future::pending::<()>().await
-}
-
-async fn wait_for_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-            },
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
-    }
+    rt.block_on(crate::reload::serve_until_signal(cfg, Some(origin), |_| {}))
 }
 
 fn check(cli: &Cli) -> ExitCode {
@@ -359,7 +223,8 @@ fn check(cli: &Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let plan = match tls::plan(&cfg.tls, &cfg.hostname) {
+    // The same plan start and reload commit: what it refuses, they refuse.
+    let plan = match crate::plan::plan(&cfg) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -535,7 +400,7 @@ fn rfc3339(unix: i64) -> String {
 }
 
 /// The effective configuration as `gatehouse check` prints it.
-pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
+pub fn describe(cfg: &Config, plan: &crate::plan::Plan) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let source = cfg.source.as_ref().map_or_else(
@@ -620,7 +485,7 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
         }
     );
     let _ = writeln!(out, "routes:");
-    let runtime = Runtime::build(cfg.clone(), None, &crate::metrics::Metrics::default());
+    let runtime = Runtime::build(cfg.clone(), None, &crate::metrics::Metrics::default(), None);
     for (path, r) in runtime.router.iter() {
         let mut extras = format!(
             "timeout {}, websocket idle {}, max body {} (read ahead {}, {} between reads)",
@@ -694,35 +559,31 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
         };
         let _ = writeln!(out, "  {path} -> {target} ({extras})");
     }
-    let cert = match plan {
-        tls::Plan::Use(l) => l.info.to_string(),
-        tls::Plan::Generate(reason) => {
+    let certs = &plan.certs;
+    let cert = match &certs.generated {
+        None => certs.loaded.info.to_string(),
+        Some(generated) => {
             let at = match &cfg.tls {
                 config::TlsSettings::Files { cert, .. } => format!(" at {}", cert.display()),
                 config::TlsSettings::Ephemeral => String::new(),
             };
             format!(
-                "self-signed for {:?} will be generated{at} ({reason})",
-                cfg.hostname
+                "self-signed for {:?} will be generated{at} ({})",
+                cfg.hostname, generated.reason
             )
         }
     };
-    if cfg.letsencrypt_enabled || cfg.acme.is_some() {
-        let (live, live_key) = tls::live_paths(&cfg.letsencrypt_dir, &cfg.hostname);
-        match tls::load_pair(&live, &live_key, tls::CertSource::Certbot(live.clone())) {
-            Ok(l) => {
-                let _ = writeln!(out, "certificate: {}", l.info);
-            }
-            Err(_) => {
-                let _ = writeln!(
-                    out,
-                    "certificate: {} not present yet; until then: {cert}",
-                    live.display()
-                );
-            }
+    match &certs.awaiting {
+        Some(live) => {
+            let _ = writeln!(
+                out,
+                "certificate: {} not present yet; until then: {cert}",
+                live.display()
+            );
         }
-    } else {
-        let _ = writeln!(out, "certificate: {cert}");
+        None => {
+            let _ = writeln!(out, "certificate: {cert}");
+        }
     }
     if let Some(a) = &cfg.acme {
         let challenge = match a.challenge {
@@ -747,12 +608,11 @@ pub fn describe(cfg: &Config, plan: &tls::Plan) -> String {
             }
         );
     }
-    for var in &cfg.unsupported_vars {
-        let _ = writeln!(
-            out,
-            "warning: {var} is set but not supported yet; it is ignored"
-        );
-    }
+    let _ = writeln!(
+        out,
+        "restart required to change: {} (a reload keeps the running values)",
+        crate::plan::RESTART_ONLY
+    );
     out
 }
 

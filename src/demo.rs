@@ -26,7 +26,7 @@ pub const HTTP_PORT: u16 = 8080;
 pub const HTTPS_PORT: u16 = 8443;
 
 pub fn main(http_port: u16, https_port: u16) -> ExitCode {
-    let Some(rt) = crate::cli::runtime(&mut tokio::runtime::Builder::new_multi_thread()) else {
+    let Some(rt) = crate::reload::runtime(&mut tokio::runtime::Builder::new_multi_thread()) else {
         return ExitCode::FAILURE;
     };
     rt.block_on(async {
@@ -47,11 +47,11 @@ pub fn main(http_port: u16, https_port: u16) -> ExitCode {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");
-                return ExitCode::from(crate::cli::EXIT_CONFIG);
+                return ExitCode::from(crate::config::EXIT_CONFIG);
             }
         };
         cfg.tls = TlsSettings::Ephemeral;
-        crate::cli::serve_until_signal(cfg, None, |server| {
+        crate::reload::serve_until_signal(cfg, None, |server| {
             let https = server.https_addrs.first().map_or(https_port, |a| a.port());
             let http = server.http_addrs.first().map_or(http_port, |a| a.port());
             println!("Gatehouse demo: three sample services behind one proxy.");

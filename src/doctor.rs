@@ -28,7 +28,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::proxy::diagnostics::{self, Report};
 
@@ -335,7 +335,7 @@ impl Target {
         let res = tokio::time::timeout(self.timeout, sender.send_request(req))
             .await
             .map_err(|_| format!("no response within {:?}", self.timeout))?
-            .map_err(|e| format!("{}", crate::proxy::ErrorChain(&e)))?;
+            .map_err(|e| format!("{}", crate::error_chain::ErrorChain(&e)))?;
         let status = res.status();
         let headers = res.headers().clone();
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -845,13 +845,10 @@ impl Doctor<'_> {
             }
         };
         if let Some(mut io) = ex.upgraded {
-            let io = &mut TokioIo::new(&mut io);
             let accepted = accept_matches(&ex.headers, &key);
-            let report = read_text_frame(io)
+            let report = read_report(TokioIo::new(&mut io))
                 .await
-                .ok()
                 .and_then(|b| serde_json::from_slice::<Report>(&b).ok());
-            let _ = close_frame(io).await;
             match report {
                 Some(_) if accepted => self.out.check(
                     name,
@@ -958,7 +955,7 @@ impl Doctor<'_> {
             Ok((ex, _)) if ex.upgraded.is_some() => {
                 let ok = accept_matches(&ex.headers, &key);
                 if let Some(mut io) = ex.upgraded {
-                    let _ = close_frame(&mut TokioIo::new(&mut io)).await;
+                    close_websocket(TokioIo::new(&mut io)).await;
                 }
                 self.out.check(
                     name,
@@ -1261,61 +1258,34 @@ fn accept_matches(headers: &HeaderMap, key: &str) -> bool {
         .is_some_and(|v| v.as_bytes() == want.as_bytes())
 }
 
-/// Reads one unfragmented text frame (RFC 6455 §5.2).
-async fn read_text_frame<S: AsyncRead + Unpin>(io: &mut S) -> Result<Vec<u8>, String> {
-    let read = async {
-        let mut h = [0u8; 2];
-        io.read_exact(&mut h).await.map_err(|e| e.to_string())?;
-        let mut len = u64::from(h[1] & 0x7f);
-        if len == 126 {
-            len = u64::from(io.read_u16().await.map_err(|e| e.to_string())?);
-        } else if len == 127 {
-            len = io.read_u64().await.map_err(|e| e.to_string())?;
-        }
-        if len > MAX_BODY as u64 {
-            return Err("frame too large".to_string());
-        }
-        let mut mask = [0u8; 4];
-        if h[1] & 0x80 != 0 {
-            io.read_exact(&mut mask).await.map_err(|e| e.to_string())?;
-        }
-        let mut payload = vec![0u8; len as usize];
-        io.read_exact(&mut payload)
-            .await
-            .map_err(|e| e.to_string())?;
-        if h[1] & 0x80 != 0 {
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= mask[i % 4];
-            }
-        }
-        if h[0] != 0x81 {
-            return Err(format!(
-                "expected a text frame, got opcode {:#x}",
-                h[0] & 0x0f
-            ));
-        }
-        Ok(payload)
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .map_err(|_| "no WebSocket message within 10 s".to_string())?
+/// The first message on an upgraded connection, which must be text, then
+/// a normal close from this side (RFC 6455 §5.5.1, §7.4.1).
+async fn read_report<S>(io: S) -> Option<Vec<u8>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+    use tokio_tungstenite::tungstenite::Message;
+    let config = WebSocketConfig::default().max_message_size(Some(MAX_BODY));
+    let mut ws =
+        tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Client, Some(config)).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+    let _ = ws.close(None).await;
+    match first {
+        Ok(Some(Ok(Message::Text(text)))) => Some(text.as_bytes().to_vec()),
+        _ => None,
+    }
 }
 
-/// A client's close frame: masked, as RFC 6455 §5.3 requires of clients.
-async fn close_frame<S: AsyncWrite + Unpin>(io: &mut S) -> std::io::Result<()> {
-    let mask = [0x5a, 0xa5, 0x3c, 0xc3];
-    let frame = [
-        0x88,
-        0x82,
-        mask[0],
-        mask[1],
-        mask[2],
-        mask[3],
-        0x03 ^ mask[0],
-        0xe8 ^ mask[1],
-    ];
-    io.write_all(&frame).await?;
-    io.flush().await
+/// Closes an upgraded connection as a WebSocket client does.
+async fn close_websocket<S>(io: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Client, None).await;
+    let _ = ws.close(None).await;
 }
 
 fn nonce() -> String {

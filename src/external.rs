@@ -97,7 +97,7 @@ pub fn main(args: &Args) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(crate::cli::EXIT_CONFIG)
+            ExitCode::from(crate::config::EXIT_CONFIG)
         }
     }
 }

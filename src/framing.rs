@@ -661,10 +661,7 @@ fn check_method(head: &[u8]) -> Result<(), Refusal> {
     }
 }
 
-/// A byte of a token (RFC 9110 §5.6.2), as a method is made of.
-pub(crate) fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
+pub(crate) use crate::header_names::is_tchar;
 
 /// A version `HTTP/1.x` with x > 1 is rewritten to `HTTP/1.1` in place, as
 /// RFC 9110 §2.5 says to serve it; another major version is refused.

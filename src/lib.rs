@@ -32,6 +32,22 @@
 //!   outer:   error → log once → ProxyError::into_response; security headers;
 //!            metrics; access-log entry written when the body ends
 //! ```
+//!
+//! Around it, `gatehouse check`, start and reload share one path:
+//!
+//! ```text
+//! config::load ─► plan::plan (ports, certificate read or generated in
+//!                 memory, listeners; no side effect)  ─► check prints it
+//!                                                   └► Server::start / apply
+//!                 commit: bind new addresses ─► write a generated
+//!                 certificate ─► swap runtime and TLS; keep the ACME
+//!                 manager, certificate watcher and server health whose
+//!                 settings did not change
+//! ```
+//!
+//! Modules are in layers (primitives, configuration, policies, upstreams,
+//! runtime, certificates, connections, request pipeline, operations,
+//! tools); `tests/it/layers.rs` holds the order and checks every import.
 
 pub mod access_log;
 pub mod acme;
@@ -43,14 +59,18 @@ pub mod config;
 pub mod demo;
 pub mod doctor;
 pub mod error;
+pub mod error_chain;
 pub mod external;
+pub mod files;
 pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod header_names;
 mod io;
 pub mod listen;
 pub mod log_limit;
 pub mod metrics;
+pub mod plan;
 pub mod policy;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -1,13 +1,18 @@
-//! Reload: SIGHUP and changes to the configuration file or `.env` (polled,
-//! debounced) load the configuration again through the one loader and swap
-//! it in with `Server::apply`. A failure is logged with the same
+//! The supervisor of a running server: it owns the signals (SIGTERM and
+//! SIGINT drain and stop; SIGHUP reloads), the watch of the configuration
+//! file and `.env` (polled, debounced) and the admin listener's commands.
+//! A reload loads the configuration again through the one loader and swaps
+//! it in with `Server::apply`; a failure is logged with the same
 //! `file:line` text as `gatehouse check` and the old configuration serves on.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::time::Duration;
 
+use crate::config::Config;
+use crate::config::EXIT_CONFIG;
 use crate::config::{self, ConfigError, Env, Source};
-use crate::server::Server;
+use crate::server::{Server, StartError};
+use std::process::ExitCode;
 
 /// Where a running server's configuration comes from.
 #[derive(Debug, Clone)]
@@ -40,8 +45,19 @@ pub async fn reload(
     origin: &Origin,
     trigger: &str,
 ) -> Result<u64, ConfigError> {
-    let loaded =
-        Env::load(origin.env_file.as_deref()).and_then(|env| config::load(&origin.source, &env));
+    // File reads on the blocking pool: with `workers = 1` the runtime
+    // thread is the only one serving requests (issue 12).
+    let (env_file, source) = (origin.env_file.clone(), origin.source.clone());
+    let loaded = tokio::task::spawn_blocking(move || {
+        Env::load(env_file.as_deref()).and_then(|env| config::load(&source, &env))
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(ConfigError::other(
+            "configuration",
+            format!("not read: {e}"),
+        ))
+    });
     let result = match loaded {
         Ok(cfg) => server.apply(cfg).await,
         Err(e) => {
@@ -60,65 +76,144 @@ pub async fn reload(
     result
 }
 
-/// What a watcher compares for one file: size, modification time and a
-/// digest of the content, or `None` when the file is absent. The digest
-/// catches a same-size rewrite within the file system's timestamp
-/// granularity, which size and time alone miss.
-pub type Stamp = Option<(u64, Option<SystemTime>, u64)>;
-
-/// The stamps of `paths`, read on the blocking pool (file reads must not
-/// stall the runtime): what configuration and certificate reload compare.
-pub async fn stamps(paths: &[PathBuf]) -> Vec<Stamp> {
-    let paths = paths.to_vec();
-    tokio::task::spawn_blocking(move || paths.iter().map(|p| stamp(p)).collect())
-        .await
-        .unwrap_or_default()
-}
-
-/// Files this large are compared by size and time only.
-const MAX_DIGESTED: u64 = 4 << 20;
-
-fn stamp(p: &Path) -> Stamp {
-    use std::hash::{Hash, Hasher};
-    let m = std::fs::metadata(p).ok()?;
-    let digest = if m.len() <= MAX_DIGESTED {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::fs::read(p).ok()?.hash(&mut h);
-        h.finish()
-    } else {
-        0
-    };
-    Some((m.len(), m.modified().ok(), digest))
-}
-
 /// How often watched files are checked; a change is applied once it has
 /// stayed the same for one more check (an editor's save in several writes
 /// is one reload).
 pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Builds a runtime with I/O and timers, or says why it cannot.
+pub fn runtime(builder: &mut tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: cannot start the runtime: {e}"))
+        .ok()
+}
 
-    #[tokio::test]
-    async fn a_same_size_rewrite_with_the_same_time_is_a_change() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("gatehouse.toml");
-        std::fs::write(&p, "upstream = \"http://a:1\"").unwrap();
-        let first = stamps(std::slice::from_ref(&p)).await;
-        let mtime = std::fs::metadata(&p).unwrap().modified().unwrap();
-        std::fs::write(&p, "upstream = \"http://b:1\"").unwrap();
-        // As if both writes fell in one tick of the timestamp clock.
-        std::fs::File::options()
-            .write(true)
-            .open(&p)
-            .unwrap()
-            .set_modified(mtime)
-            .unwrap();
-        let second = stamps(std::slice::from_ref(&p)).await;
-        assert_eq!(first[0].unwrap().0, second[0].unwrap().0, "same size");
-        assert_eq!(first[0].unwrap().1, second[0].unwrap().1, "same time");
-        assert_ne!(first, second);
-        assert_eq!(stamps(&[dir.path().join("absent")]).await, vec![None]);
+/// Serves until SIGTERM or SIGINT, then drains for the grace period.
+/// With an `origin`, SIGHUP and changes to its files reload the
+/// configuration. `started` runs once every listener is bound.
+pub async fn serve_until_signal(
+    cfg: Config,
+    origin: Option<Origin>,
+    started: impl FnOnce(&Server),
+) -> ExitCode {
+    // Stamped before the server is up and announced: a change made once
+    // it is listening is a change, never the starting point.
+    let watched = origin.as_ref().map(|o| o.watched()).unwrap_or_default();
+    let mut seen = crate::files::stamps(&watched).await;
+    let mut server = match Server::start(cfg).await {
+        Ok(s) => s,
+        Err(StartError::Config(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    started(&server);
+    let mut pending: Option<Vec<_>> = None;
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    let mut hangup = hangup_signal();
+    let mut commands = server.take_admin_commands();
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    let signal = loop {
+        tokio::select! {
+            signal = &mut stop => break signal,
+            Some(cmd) = next_command(&mut commands) => {
+                let crate::admin::Command::Reload(reply) = cmd;
+                let result = match &origin {
+                    Some(o) => reload(&mut server, o, "gatehouse reload").await.map_err(|e| e.to_string()),
+                    None => Err("this process has no configuration file to reload".to_string()),
+                };
+                let _ = reply.send(result);
+            }
+            () = next_hangup(&mut hangup) => {
+                if let Some(o) = &origin {
+                    let _ = reload(&mut server, o, "SIGHUP").await;
+                }
+            }
+            _ = tick.tick(), if origin.is_some() => {
+                let now = crate::files::stamps(&watched).await;
+                match &pending {
+                    // Settled since the last check: apply it once.
+                    Some(p) if *p == now => {
+                        pending = None;
+                        seen = now;
+                        if let Some(o) = &origin {
+                            let _ = reload(&mut server, o, "file change").await;
+                        }
+                    }
+                    _ if now != seen => pending = Some(now),
+                    _ => pending = None,
+                }
+            }
+        }
+    };
+    // The grace period of the configuration in service: a reload changes it.
+    let grace = server.shared.runtime.load().config.grace_period;
+    tracing::info!(
+        "{signal} received: no new connections, finishing in-flight requests (grace {grace:?})"
+    );
+    let drained = server.shutdown(grace).await;
+    tracing::info!(drained, "stopped");
+    ExitCode::SUCCESS
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+fn hangup_signal() -> Hangup {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+    }
+}
+
+/// The next admin command; never when there is no admin listener.
+async fn next_command(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<crate::admin::Command>>,
+) -> Option<crate::admin::Command> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves on SIGHUP; never where there is no such signal.
+async fn next_hangup(h: &mut Hangup) {
+    #[cfg(unix)]
+    if let Some(s) = h {
+        if s.recv().await.is_some() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
+async fn wait_for_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
     }
 }

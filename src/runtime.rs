@@ -31,8 +31,10 @@ pub struct RouteRt {
     /// `None` when the route has no rate limit (the default).
     pub limiter: Option<Limiter>,
     pub metrics: Arc<crate::metrics::RouteMetrics>,
-    /// Every server; one for most routes.
-    pub servers: Vec<ServerRt>,
+    /// Every server; one for most routes. Shared with the runtime before a
+    /// reload when the route keeps the server, so its balancing and health
+    /// state survive the reload (issue 12).
+    pub servers: Vec<Arc<ServerRt>>,
     pub balance: crate::config::model::Balance,
     pub health_check: Option<crate::config::model::HealthCheck>,
     /// Round-robin position.
@@ -68,15 +70,25 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// Builds the runtime of `config`. With the `previous` runtime (a
+    /// reload), a server a route keeps keeps its state: requests
+    /// outstanding, marked down, taken out by health checks.
     pub fn build(
         config: Config,
         bound_https_port: Option<u16>,
         metrics: &crate::metrics::Metrics,
+        previous: Option<&Runtime>,
     ) -> Runtime {
         let routes = config
             .routes
             .iter()
             .map(|r| {
+                let before = previous.and_then(|p| {
+                    p.router
+                        .iter()
+                        .find(|(_, route)| route.path == r.path)
+                        .map(|(_, route)| route.clone())
+                });
                 let rt = RouteRt {
                     path: r.path.clone(),
                     upstream: r.upstream.clone(),
@@ -94,11 +106,28 @@ impl Runtime {
                     servers: r
                         .servers
                         .iter()
-                        .map(|s| ServerRt {
-                            authority: s.authority.clone(),
-                            outstanding: Default::default(),
-                            down_until: Default::default(),
-                            healthy: std::sync::atomic::AtomicBool::new(true),
+                        .map(|s| {
+                            let kept = before.as_ref().and_then(|b| {
+                                b.servers.iter().find(|o| o.authority == s.authority)
+                            });
+                            match kept {
+                                Some(server) => {
+                                    // Without health checks nothing would
+                                    // ever bring a server back.
+                                    if r.health_check.is_none() {
+                                        server
+                                            .healthy
+                                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                                    }
+                                    server.clone()
+                                }
+                                None => Arc::new(ServerRt {
+                                    authority: s.authority.clone(),
+                                    outstanding: Default::default(),
+                                    down_until: Default::default(),
+                                    healthy: std::sync::atomic::AtomicBool::new(true),
+                                }),
+                            }
                         })
                         .collect(),
                     balance: r.balance,

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::listen::{self, Kind};
+use crate::plan;
 use crate::runtime::Runtime;
 use crate::tls::{self, CertInfo, CertResolver};
 
@@ -25,6 +27,8 @@ pub struct Shared {
     /// Configuration generation: 1 at start, +1 per successful reload.
     pub generation: std::sync::atomic::AtomicU64,
     pub reload_failures: std::sync::atomic::AtomicU64,
+    /// Settings changed on disk that only a restart applies (0 or more).
+    pub restart_pending: std::sync::atomic::AtomicU64,
     pub certs: Arc<CertResolver>,
     pub conns: listen::ConnCounts,
     /// HTTP-01 challenges in progress (token → key authorization).
@@ -63,6 +67,24 @@ struct Bound {
     stop: watch::Sender<bool>,
 }
 
+/// A background task started for some settings, kept across a reload that
+/// leaves them unchanged and aborted when dropped.
+struct Background<K> {
+    settings: K,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K> Drop for Background<K> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What the certificate watcher watches: the pair and where it came from.
+type WatchSettings = (PathBuf, PathBuf, &'static str);
+/// What the ACME manager works from.
+type AcmeKey = (crate::config::AcmeSettings, String, PathBuf);
+
 /// A running server.
 pub struct Server {
     pub http_addrs: Vec<SocketAddr>,
@@ -73,80 +95,20 @@ pub struct Server {
     listeners: Vec<Bound>,
     accept_loops: JoinSet<()>,
     connections: TaskTracker,
-    /// Certificate watcher and ACME manager; replaced on reload, aborted on
-    /// shutdown.
-    background: JoinSet<()>,
+    /// The served files' watcher and the ACME manager: a reload that does
+    /// not change their settings keeps them (an order in progress runs on).
+    cert_watch: Option<Background<WatchSettings>>,
+    acme: Option<Background<AcmeKey>>,
+    /// Health checks, restarted on reload; the state they keep lives in the
+    /// runtime's servers, which a reload carries over.
+    health: JoinSet<()>,
+    /// The configuration the process started with: what a reload compares
+    /// the settings only a restart applies against.
+    started_with: Config,
     /// The metrics/health/reload listener's address, when it is up.
     pub metrics_addr: Option<SocketAddr>,
     admin: Option<tokio::task::JoinHandle<()>>,
     admin_commands: Option<tokio::sync::mpsc::Receiver<crate::admin::Command>>,
-}
-
-/// The certificate side built from one configuration.
-struct Certs {
-    initial: tls::Initial,
-    acme_alpn: bool,
-}
-
-fn prepare_certs(config: &Config) -> Result<Certs, ConfigError> {
-    Ok(Certs {
-        initial: tls::initial(config)?,
-        acme_alpn: config
-            .acme
-            .as_ref()
-            .is_some_and(|a| a.challenge == crate::config::Challenge::TlsAlpn01),
-    })
-}
-
-/// The watcher of the served files and the ACME manager, for `config`.
-fn spawn_background(
-    config: &Config,
-    watch_pair: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    shared: &Arc<Shared>,
-) -> JoinSet<()> {
-    let mut background = JoinSet::new();
-    if let Some((cert, key)) = watch_pair {
-        let source: fn(std::path::PathBuf) -> tls::CertSource = if config.acme.is_some() {
-            tls::CertSource::Acme
-        } else if config.letsencrypt_enabled {
-            tls::CertSource::Certbot
-        } else {
-            tls::CertSource::File
-        };
-        background.spawn(tls::watch(shared.certs.clone(), cert, key, source));
-    }
-    if let Some(settings) = &config.acme {
-        let manager = crate::acme::Manager {
-            settings: settings.clone(),
-            hostname: config.hostname.clone(),
-            letsencrypt_dir: config.letsencrypt_dir.clone(),
-            resolver: shared.certs.clone(),
-            tokens: shared.acme_tokens.clone(),
-        };
-        background.spawn(manager.run());
-    }
-    background
-}
-
-fn check_ports(config: &Config) -> Result<(), ConfigError> {
-    let (http, https) = (config.listen_http(), config.listen_https());
-    if http == https && http != 0 {
-        return Err(ConfigError::other(
-            origin(config),
-            format!("the HTTP and HTTPS listeners would both bind port {http}"),
-        ));
-    }
-    Ok(())
-}
-
-/// The listening addresses a configuration asks for.
-fn wanted(config: &Config) -> Vec<(Kind, SocketAddr)> {
-    let mut out = Vec::new();
-    for &ip in &config.bind {
-        out.push((Kind::Http, SocketAddr::new(ip, config.listen_http())));
-        out.push((Kind::Https, SocketAddr::new(ip, config.listen_https())));
-    }
-    out
 }
 
 /// Binds the addresses not already bound. All or nothing: on an error the
@@ -170,17 +132,38 @@ fn bind_new(
     Ok(out)
 }
 
+/// Writes what the certificate plan generated, on the blocking pool, and
+/// returns the certificate to serve.
+async fn commit_certs(certs: tls::CertPlan) -> Result<tls::Loaded, ConfigError> {
+    tokio::task::spawn_blocking(move || certs.commit())
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigError::other(
+                "certificate",
+                format!("not written: {e}"),
+            ))
+        })
+}
+
+fn tls_config(
+    resolver: Arc<CertResolver>,
+    acme_alpn: bool,
+) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
+    tls::server_config(resolver, acme_alpn).map_err(|e| ConfigError::other("TLS", e.to_string()))
+}
+
 impl Server {
-    /// Loads the certificate, binds every listener and starts serving.
-    /// Must run inside a Tokio runtime.
+    /// Plans `config`, then commits the plan: binds every listener, writes
+    /// a generated certificate, and starts serving. Nothing is written
+    /// unless the plan succeeded and every address was bound. Must run
+    /// inside a Tokio runtime.
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        check_ports(&config)?;
-        let certs = prepare_certs(&config)?;
-        let loaded = certs.initial.loaded;
-        let resolver = Arc::new(CertResolver::new(loaded.key.clone()));
-        let tls_config = tls::server_config(resolver.clone(), certs.acme_alpn)
-            .map_err(|e| ConfigError::other("TLS", e.to_string()))?;
-        let bound = bind_new(&config, &wanted(&config))?;
+        let (config, plan) = plan::plan_off_runtime(config).await?;
+        let resolver = Arc::new(CertResolver::new(plan.certs.loaded.key.clone()));
+        let tls_config = tls_config(resolver.clone(), plan.acme_alpn)?;
+        let bound = bind_new(&config, &plan.listeners)?;
+        let watch_pair = plan.certs.watch.clone();
+        let loaded = commit_certs(plan.certs).await?;
         let local = |k: Kind| -> Vec<SocketAddr> {
             bound
                 .iter()
@@ -189,12 +172,12 @@ impl Server {
                 .collect()
         };
         let (http_addrs, https_addrs) = (local(Kind::Http), local(Kind::Https));
-        let watch_pair = certs.initial.watch;
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let runtime = Runtime::build(
             config.clone(),
             https_addrs.first().map(SocketAddr::port),
             &metrics,
+            None,
         );
         log_startup(&runtime, &http_addrs, &https_addrs, &loaded.info);
         let shared = Arc::new(Shared {
@@ -202,12 +185,12 @@ impl Server {
             tls: ArcSwap::new(tls_config),
             generation: std::sync::atomic::AtomicU64::new(1),
             reload_failures: Default::default(),
+            restart_pending: Default::default(),
             certs: resolver,
             conns: listen::ConnCounts::default(),
             acme_tokens: crate::acme::Tokens::default(),
             metrics,
         });
-        let background = spawn_background(&config, watch_pair, &shared);
         let (shutdown, _) = watch::channel(false);
         // The metrics listener is not worth failing a start for: an address
         // in use is a warning, the proxy serves on.
@@ -241,11 +224,15 @@ impl Server {
             listeners: Vec::new(),
             accept_loops: JoinSet::new(),
             connections: TaskTracker::new(),
-            background,
+            cert_watch: None,
+            acme: None,
+            health: JoinSet::new(),
+            started_with: config.clone(),
             metrics_addr,
             admin,
             admin_commands: Some(rx),
         };
+        server.update_background(&config, watch_pair);
         server.serve(bound);
         server.spawn_health_checks();
         Ok(server)
@@ -286,14 +273,69 @@ impl Server {
             .collect();
     }
 
-    /// Swaps in a new configuration, built off to the side: certificates
-    /// loaded, new addresses bound, runtime built; only then is anything
-    /// changed. Requests in flight finish on the runtime they started with,
-    /// upgraded connections own their state, listeners whose address did not
-    /// change are kept. On any error nothing changes and the old
-    /// configuration keeps serving. Returns the new generation.
+    /// Starts, keeps or replaces the certificate watcher and the ACME
+    /// manager for `config`: a task whose settings did not change keeps
+    /// running, so a reload neither restarts an ACME order nor loses it.
+    fn update_background(&mut self, config: &Config, watch_pair: Option<(PathBuf, PathBuf)>) {
+        let source = if config.acme.is_some() {
+            "acme"
+        } else if config.letsencrypt_enabled {
+            "certbot"
+        } else {
+            "file"
+        };
+        let watch = watch_pair.map(|(cert, key)| (cert, key, source));
+        if self.cert_watch.as_ref().map(|b| &b.settings) != watch.as_ref() {
+            self.cert_watch = watch.map(|settings| {
+                let kind: fn(PathBuf) -> tls::CertSource = match settings.2 {
+                    "acme" => tls::CertSource::Acme,
+                    "certbot" => tls::CertSource::Certbot,
+                    _ => tls::CertSource::File,
+                };
+                let task = tokio::spawn(tls::watch(
+                    self.shared.certs.clone(),
+                    settings.0.clone(),
+                    settings.1.clone(),
+                    kind,
+                ));
+                Background { settings, task }
+            });
+        }
+        let acme = config
+            .acme
+            .clone()
+            .map(|s| (s, config.hostname.clone(), config.letsencrypt_dir.clone()));
+        if self.acme.as_ref().map(|b| &b.settings) != acme.as_ref() {
+            // The old manager (if any) is dropped first: its order's
+            // challenge answers are withdrawn by its own guard.
+            self.acme = None;
+            self.acme = acme.map(|settings| {
+                let manager = crate::acme::Manager {
+                    settings: settings.0.clone(),
+                    hostname: settings.1.clone(),
+                    letsencrypt_dir: settings.2.clone(),
+                    resolver: self.shared.certs.clone(),
+                    tokens: self.shared.acme_tokens.clone(),
+                };
+                Background {
+                    settings,
+                    task: tokio::spawn(manager.run()),
+                }
+            });
+        }
+    }
+
+    /// Swaps in a new configuration through the same plan as start and
+    /// `gatehouse check`, committed only once the plan succeeded: new
+    /// addresses bound, then a generated certificate written, then the swap.
+    /// Requests in flight finish on the runtime they started with, upgraded
+    /// connections own their state, listeners whose address did not change
+    /// are kept, and so are the ACME manager, the certificate watcher and
+    /// each server's health when their settings did not change. On any
+    /// error nothing changes and the old configuration keeps serving.
+    /// Returns the new generation.
     pub async fn apply(&mut self, config: Config) -> Result<u64, ConfigError> {
-        let result = self.apply_inner(config);
+        let result = self.apply_inner(config).await;
         if result.is_err() {
             self.shared
                 .reload_failures
@@ -302,10 +344,10 @@ impl Server {
         result
     }
 
-    fn apply_inner(&mut self, config: Config) -> Result<u64, ConfigError> {
-        check_ports(&config)?;
-        let certs = prepare_certs(&config)?;
-        let want = wanted(&config);
+    async fn apply_inner(&mut self, config: Config) -> Result<u64, ConfigError> {
+        let (config, plan) = plan::plan_off_runtime(config).await?;
+        let tls_config = tls_config(self.shared.certs.clone(), plan.acme_alpn)?;
+        let want = &plan.listeners;
         // Port 0 asks for any port: an existing listener of that kind and
         // address satisfies it.
         let keep = |b: &Bound| {
@@ -323,10 +365,12 @@ impl Server {
             .copied()
             .collect();
         let bound = bind_new(&config, &missing)
-            .map_err(|e| ConfigError::other(origin(&config), e.to_string()))?;
-        let tls_config = tls::server_config(self.shared.certs.clone(), certs.acme_alpn)
-            .map_err(|e| ConfigError::other("TLS", e.to_string()))?;
-        // Nothing below can fail: commit.
+            .map_err(|e| ConfigError::other(plan::origin(&config), e.to_string()))?;
+        let watch_pair = plan.certs.watch.clone();
+        // Written only now that every address is bound; on an error here
+        // the new sockets are dropped with `bound`.
+        let loaded = commit_certs(plan.certs).await?;
+        // Nothing below can fail: swap.
         let (stay, gone): (Vec<Bound>, Vec<Bound>) = std::mem::take(&mut self.listeners)
             .into_iter()
             .partition(keep);
@@ -343,14 +387,25 @@ impl Server {
         }) {
             tracing::info!("listening on {}", b.local);
         }
-        self.shared.certs.set(certs.initial.loaded.key);
+        let restart = plan::restart_required(&self.started_with, &config);
+        for change in &restart {
+            tracing::warn!(
+                "restart required to apply {change}; the running value stays until then"
+            );
+        }
+        self.shared
+            .restart_pending
+            .store(restart.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        self.shared.certs.set(loaded.key);
+        self.cert = loaded.info;
         self.shared.tls.store(tls_config);
-        self.background.abort_all();
-        self.background = spawn_background(&config, certs.initial.watch, &self.shared);
+        self.update_background(&config, watch_pair);
+        let previous = self.shared.runtime.load_full();
         let runtime = Runtime::build(
             config,
             self.https_addrs.first().map(SocketAddr::port),
             &self.shared.metrics,
+            Some(&previous),
         );
         self.shared.runtime.store(Arc::new(runtime));
         self.spawn_health_checks();
@@ -366,10 +421,11 @@ impl Server {
     /// One health-check task per route that asks for them, on the current
     /// runtime; they join the background set replaced on reload.
     fn spawn_health_checks(&mut self) {
+        self.health.abort_all();
         let rt = self.shared.runtime.load_full();
         for (_, route) in rt.router.iter() {
             if route.health_check.is_some() {
-                self.background
+                self.health
                     .spawn(crate::runtime::check_health(route.clone()));
             }
         }
@@ -391,7 +447,9 @@ impl Server {
         for b in &self.listeners {
             let _ = b.stop.send(true);
         }
-        self.background.abort_all();
+        self.cert_watch = None;
+        self.acme = None;
+        self.health.abort_all();
         if let Some(admin) = &self.admin {
             admin.abort();
         }
@@ -408,13 +466,6 @@ impl Server {
         }
         drained
     }
-}
-
-fn origin(config: &Config) -> String {
-    config
-        .source
-        .as_ref()
-        .map_or_else(|| "configuration".to_string(), |p| p.display().to_string())
 }
 
 fn log_startup(rt: &Runtime, http: &[SocketAddr], https: &[SocketAddr], cert: &CertInfo) {
@@ -436,8 +487,5 @@ fn log_startup(rt: &Runtime, http: &[SocketAddr], https: &[SocketAddr], cert: &C
     tracing::info!("certificate: {cert}");
     for w in &cfg.warnings {
         tracing::warn!("{w}");
-    }
-    for var in &cfg.unsupported_vars {
-        tracing::warn!("{var} is set but not supported yet; it is ignored");
     }
 }

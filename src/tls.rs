@@ -123,39 +123,90 @@ pub fn plan(settings: &TlsSettings, hostname: &str) -> Result<Plan, ConfigError>
     })
 }
 
-/// Runs [`plan`] and carries it out: the pair to serve, generated and
-/// written (key 0600, then the marker) when needed.
-pub fn load_or_generate(settings: &TlsSettings, hostname: &str) -> Result<Loaded, ConfigError> {
-    let reason = match plan(settings, hostname)? {
-        Plan::Use(loaded) => return Ok(loaded),
-        Plan::Generate(reason) => reason,
-    };
+/// A self-signed pair made in memory by [`plan_certs`], still to be
+/// written by [`CertPlan::commit`].
+pub struct Generated {
+    /// Why it is generated (`gatehouse check` prints it).
+    pub reason: &'static str,
+    /// Where it goes, or `None` for a pair kept in memory only.
+    files: Option<GeneratedFiles>,
+}
+
+struct GeneratedFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    hostname: String,
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// The certificate side of a configuration, worked out without writing
+/// anything (issue 12: a rejected reload must leave no certificate behind).
+pub struct CertPlan {
+    /// What is served once committed: read from disk, or generated now.
+    pub loaded: Loaded,
+    /// Set when `loaded` was generated rather than read.
+    pub generated: Option<Generated>,
+    /// The pair to watch for changes (renewals, manual swaps).
+    pub watch: Option<(PathBuf, PathBuf)>,
+    /// certbot's or ACME's `live/` certificate, looked for and not there
+    /// yet: `loaded` stands in until it appears.
+    pub awaiting: Option<PathBuf>,
+    /// Lines for the log when the plan is committed.
+    pub notes: Vec<String>,
+}
+
+impl CertPlan {
+    /// Carries the plan out: writes a generated pair (key 0600, then the
+    /// marker) and returns what to serve. Blocking file I/O: runs on the
+    /// blocking pool.
+    pub fn commit(self) -> Result<Loaded, ConfigError> {
+        for note in &self.notes {
+            tracing::warn!("{note}");
+        }
+        if let Some(Generated {
+            reason,
+            files: Some(f),
+        }) = &self.generated
+        {
+            tracing::info!(cert = %f.cert.display(), hostname = f.hostname, "generating a self-signed certificate ({reason})");
+            let marker = format!("{}\n", f.hostname);
+            for (path, data, mode) in [
+                (f.cert.clone(), f.cert_pem.as_bytes(), 0o644),
+                (f.key.clone(), f.key_pem.as_bytes(), 0o600),
+                (marker_path(&f.cert), marker.as_bytes(), 0o644),
+            ] {
+                write_file(&path, data, mode).map_err(|e| ConfigError::write(&path, e))?;
+            }
+        }
+        Ok(self.loaded)
+    }
+}
+
+/// Generates, in memory, the self-signed pair [`plan`] asked for.
+fn generate(
+    settings: &TlsSettings,
+    hostname: &str,
+    reason: &'static str,
+) -> Result<(Loaded, Generated), ConfigError> {
     let (cert_pem, key_pem) = generate_self_signed(hostname)?;
-    let TlsSettings::Files {
-        cert: cert_path,
-        key: key_path,
-        ..
-    } = settings
-    else {
-        let key = certified_key(
-            cert_pem.as_bytes(),
-            key_pem.as_bytes(),
-            Path::new("<generated>"),
-        )?;
-        let info = inspect(&key, CertSource::Ephemeral)?;
-        return Ok(Loaded { key, info });
+    let (origin, source) = match settings {
+        TlsSettings::Files { cert, .. } => (cert.as_path(), CertSource::Generated(cert.clone())),
+        TlsSettings::Ephemeral => (Path::new("<generated>"), CertSource::Ephemeral),
     };
-    tracing::info!(cert = %cert_path.display(), hostname, "generating a self-signed certificate ({reason})");
-    write_file(cert_path, cert_pem.as_bytes(), 0o644)?;
-    write_file(key_path, key_pem.as_bytes(), 0o600)?;
-    write_file(
-        &marker_path(cert_path),
-        format!("{hostname}\n").as_bytes(),
-        0o644,
-    )?;
-    let key = certified_key(cert_pem.as_bytes(), key_pem.as_bytes(), cert_path)?;
-    let info = inspect(&key, CertSource::Generated(cert_path.clone()))?;
-    Ok(Loaded { key, info })
+    let key = certified_key(cert_pem.as_bytes(), key_pem.as_bytes(), origin)?;
+    let info = inspect(&key, source)?;
+    let files = match settings {
+        TlsSettings::Files { cert, key, .. } => Some(GeneratedFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            hostname: hostname.to_string(),
+            cert_pem,
+            key_pem,
+        }),
+        TlsSettings::Ephemeral => None,
+    };
+    Ok((Loaded { key, info }, Generated { reason, files }))
 }
 
 /// The certbot-layout pair for `hostname` under `letsencrypt_dir`.
@@ -164,19 +215,16 @@ pub fn live_paths(letsencrypt_dir: &Path, hostname: &str) -> (PathBuf, PathBuf) 
     (live.join("fullchain.pem"), live.join("privkey.pem"))
 }
 
-/// What start-up serves and which files it then watches.
-pub struct Initial {
-    pub loaded: Loaded,
-    /// The pair to watch for changes (renewals, manual swaps).
-    pub watch: Option<(PathBuf, PathBuf)>,
-}
-
-/// Picks the certificate to serve at start-up. With `LETSENCRYPT_ENABLED`
-/// or `[acme]`, certbot's `live/HOSTNAME/` files win over `[tls]`; until
-/// they exist (first issuance pending) the `[tls]` certificate or its
-/// self-signed fallback is served, never a failed start.
-pub fn initial(cfg: &crate::config::Config) -> Result<Initial, ConfigError> {
-    if cfg.letsencrypt_enabled || cfg.acme.is_some() {
+/// Picks the certificate a configuration serves, reading files and
+/// generating in memory but writing nothing. With `LETSENCRYPT_ENABLED` or
+/// `[acme]`, certbot's `live/HOSTNAME/` files win over `[tls]`; until they
+/// exist (first issuance pending) the `[tls]` certificate or its self-signed
+/// fallback is served, never a failed start. Blocking: file reads and key
+/// generation.
+pub fn plan_certs(cfg: &crate::config::Config) -> Result<CertPlan, ConfigError> {
+    let mut notes = Vec::new();
+    let mut awaiting = None;
+    let watch = if cfg.letsencrypt_enabled || cfg.acme.is_some() {
         let (cert, key) = live_paths(&cfg.letsencrypt_dir, &cfg.hostname);
         if cert.exists() && key.exists() {
             let source = if cfg.acme.is_some() {
@@ -186,36 +234,49 @@ pub fn initial(cfg: &crate::config::Config) -> Result<Initial, ConfigError> {
             };
             match load_pair(&cert, &key, source) {
                 Ok(loaded) => {
-                    return Ok(Initial {
+                    return Ok(CertPlan {
                         loaded,
+                        generated: None,
                         watch: Some((cert, key)),
+                        awaiting: None,
+                        notes,
                     })
                 }
                 // ACME will replace a broken pair; plain certbot files are
                 // the user's, and a broken pair is their error to see.
-                Err(e) if cfg.acme.is_some() => {
-                    tracing::warn!("{e}; serving a fallback until ACME issues a new one")
-                }
+                Err(e) if cfg.acme.is_some() => notes.push(format!(
+                    "{e}; serving a fallback until ACME issues a new one"
+                )),
                 Err(e) => return Err(e),
             }
         } else {
-            tracing::warn!(
+            notes.push(format!(
                 "{} not found; serving the [tls] certificate until it appears",
                 cert.display()
-            );
+            ));
         }
-        let loaded = load_or_generate(&cfg.tls, &cfg.hostname)?;
-        return Ok(Initial {
-            loaded,
-            watch: Some((cert, key)),
-        });
-    }
-    let loaded = load_or_generate(&cfg.tls, &cfg.hostname)?;
-    let watch = match &cfg.tls {
-        TlsSettings::Files { cert, key, .. } => Some((cert.clone(), key.clone())),
-        TlsSettings::Ephemeral => None,
+        awaiting = Some(cert.clone());
+        Some((cert, key))
+    } else {
+        match &cfg.tls {
+            TlsSettings::Files { cert, key, .. } => Some((cert.clone(), key.clone())),
+            TlsSettings::Ephemeral => None,
+        }
     };
-    Ok(Initial { loaded, watch })
+    let (loaded, generated) = match plan(&cfg.tls, &cfg.hostname)? {
+        Plan::Use(loaded) => (loaded, None),
+        Plan::Generate(reason) => {
+            let (loaded, generated) = generate(&cfg.tls, &cfg.hostname, reason)?;
+            (loaded, Some(generated))
+        }
+    };
+    Ok(CertPlan {
+        loaded,
+        generated,
+        watch,
+        awaiting,
+        notes,
+    })
 }
 
 /// Reads and checks a PEM pair.
@@ -254,12 +315,19 @@ pub async fn watch(
             log_expiry(&resolver);
             next_expiry_log = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
         }
-        let now = crate::reload::stamps(&pair).await;
+        let now = crate::files::stamps(&pair).await;
         if now == last || now.iter().any(Option::is_none) {
             continue;
         }
         last = now;
-        match load_pair(&cert, &key, source(cert.clone())) {
+        // File reads and parsing on the blocking pool: with `workers = 1`
+        // the runtime thread is the only one serving requests (issue 12).
+        let (c, k) = (cert.clone(), key.clone());
+        let read = tokio::task::spawn_blocking(move || load_pair(&c, &k, source(c.clone()))).await;
+        let Ok(read) = read else {
+            continue;
+        };
+        match read {
             Ok(loaded) => {
                 if loaded.info.fingerprint != fingerprint_of(&resolver.current()) {
                     tracing::info!("certificate reloaded: {}", loaded.info);
@@ -282,7 +350,8 @@ pub fn fingerprint_of(key: &CertifiedKey) -> String {
         .unwrap_or_default()
 }
 
-/// The daily expiry line (until metrics carry it).
+/// The daily expiry line (metrics carry the same as
+/// `gatehouse_certificate_expiry_timestamp_seconds`).
 pub fn log_expiry(resolver: &CertResolver) {
     if let Ok(info) = inspect(&resolver.current(), CertSource::Ephemeral) {
         let days = (info.not_after_unix - unix_now()) / 86_400;
@@ -417,10 +486,9 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// Writes through a temporary file and a rename, so a reader never sees half
 /// a certificate, with the mode set before any byte is written.
-pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ConfigError> {
-    let io = |e| ConfigError::io(path, e);
+pub fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io)?;
+        fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension("tmp-gatehouse");
     let mut opts = fs::OpenOptions::new();
@@ -430,17 +498,16 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), ConfigError
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(mode);
     }
-    let mut f = opts.open(&tmp).map_err(io)?;
+    let mut f = opts.open(&tmp)?;
     #[cfg(unix)]
     {
         // The mode given to open() is filtered by the umask; set it exactly.
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
     }
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
 }
 
 /// The ALPN protocol of TLS-ALPN-01 challenges (RFC 8737).

@@ -83,6 +83,17 @@ impl ConfigError {
         }
     }
 
+    /// A file that could not be written.
+    pub fn write(path: &Path, err: std::io::Error) -> Self {
+        ConfigError {
+            origin: path.display().to_string(),
+            position: None,
+            key: None,
+            msg: format!("cannot write: {err}"),
+            snippet: None,
+        }
+    }
+
     /// A problem with no better place than a description of it.
     pub fn other(origin: impl Into<String>, msg: impl Into<String>) -> Self {
         ConfigError {

@@ -4,6 +4,9 @@
 //! the TOML file, built-in defaults. The built-in default is AliasVault's
 //! layout, so an AliasVault folder needs no file at all.
 
+/// The exit status of a configuration error (`gatehouse check`, start).
+pub const EXIT_CONFIG: u8 = 2;
+
 pub mod env;
 pub mod error;
 pub mod file;
@@ -27,7 +30,7 @@ pub use model::{
 };
 
 use crate::policy::ip::{self as ipr, Cidr};
-use crate::policy::rate_limit::RateLimit;
+use model::RateLimit;
 
 /// Where the configuration comes from.
 #[derive(Debug, Clone)]
@@ -339,11 +342,11 @@ impl Builder<'_> {
         let letsencrypt_dir = get(&t.letsencrypt, "certificates/letsencrypt");
         let acme = f.acme.map(|a| self.acme(a)).transpose()?;
         let log_format = match &f.log_format {
-            None => crate::access_log::Format::Combined,
+            None => model::LogFormat::Combined,
             Some(v) => match v.get_ref().as_str() {
-                "combined" => crate::access_log::Format::Combined,
-                "json" => crate::access_log::Format::Json,
-                "off" => crate::access_log::Format::Off,
+                "combined" => model::LogFormat::Combined,
+                "json" => model::LogFormat::Json,
+                "off" => model::LogFormat::Off,
                 _ => {
                     return Err(self.err(
                         v.span(),
@@ -444,7 +447,6 @@ impl Builder<'_> {
             diagnostics_token,
             headers,
             routes,
-            unsupported_vars: Vec::new(),
             warnings: Vec::new(),
         })
     }
@@ -782,7 +784,7 @@ impl Builder<'_> {
                     if token.is_empty()
                         || !token
                             .bytes()
-                            .all(|b| crate::framing::is_tchar(b) || b == b'/')
+                            .all(|b| crate::header_names::is_tchar(b) || b == b'/')
                     {
                         return Err(self.err(
                             t.span(),

@@ -8,7 +8,6 @@ use std::time::Duration;
 use http::uri::Authority;
 
 use crate::policy::ip::Cidr;
-use crate::policy::rate_limit::RateLimit;
 use http::{HeaderName, HeaderValue};
 
 #[derive(Debug, Clone)]
@@ -32,7 +31,7 @@ pub struct Config {
     pub force_https_redirect: bool,
     pub deployment_mode: Option<String>,
     pub grace_period: Duration,
-    pub log_format: crate::access_log::Format,
+    pub log_format: LogFormat,
     pub max_header_bytes: usize,
     /// Request line limit: longer ones get 414.
     pub max_uri_bytes: usize,
@@ -53,8 +52,6 @@ pub struct Config {
     pub headers: HeaderRules,
     /// Routes in file order; the router sorts them by specificity.
     pub routes: Vec<Route>,
-    /// Variables that were set but belong to features not built yet.
-    pub unsupported_vars: Vec<&'static str>,
     /// Things worth a warning that do not stop the start (skipped tokens).
     pub warnings: Vec<String>,
 }
@@ -230,4 +227,19 @@ pub struct Upstream {
     pub url: String,
     /// `host:port`, with the port always present.
     pub authority: Authority,
+}
+
+/// A route's rate limit (GCRA): `per_second` on average, `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+/// The access log's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Combined,
+    Json,
+    Off,
 }

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use http::header::{HeaderMap, HeaderValue};
 
 use super::ip::{any_contains, canonical, Cidr};
-use crate::proxy::forwarded::X_FORWARDED_FOR;
+use crate::header_names::X_FORWARDED_FOR;
 
 /// Runs once per request from a trusted peer. Returns the client address:
 /// the rightmost untrusted entry of `X-Forwarded-For`, or the leftmost entry

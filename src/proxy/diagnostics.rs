@@ -19,7 +19,6 @@ use http::{HeaderName, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{upgrade, Client, Conn};
 use crate::body::ResponseBody;
@@ -126,7 +125,7 @@ pub async fn answer(
             let Ok(Ok(io)) = tokio::time::timeout(Duration::from_secs(10), on).await else {
                 return;
             };
-            let _ = send_report_frame(TokioIo::new(io), &json).await;
+            send_report(TokioIo::new(io), json).await;
         });
         if h2_websocket {
             // RFC 8441 §5: a 200 opens the stream; the frames follow on it.
@@ -161,38 +160,32 @@ pub async fn answer(
     }
 }
 
-/// Sends the frames of [`report_frames`], then waits briefly for the
-/// client's close so the report is not cut off by a reset.
-async fn send_report_frame<S>(mut io: S, json: &[u8]) -> std::io::Result<()>
+/// Sends the report as one text message and a normal close (RFC 6455
+/// §5.6, §7.4.1), then waits briefly for the client's close so the report
+/// is not cut off by a reset.
+async fn send_report<S>(io: S, json: bytes::Bytes)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    io.write_all(&report_frames(json)).await?;
-    io.flush().await?;
-    let mut buf = [0u8; 256];
-    let _ = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf)).await;
-    io.shutdown().await
-}
-
-/// The report as one text frame, then a normal close (RFC 6455 §5.2,
-/// §5.5.1; a server's frames are unmasked).
-fn report_frames(json: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(json.len() + 14);
-    frame.push(0x81);
-    match json.len() {
-        n if n < 126 => frame.push(n as u8),
-        n if n <= 0xffff => {
-            frame.push(126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+    use tokio_tungstenite::tungstenite::Message;
+    let Ok(text) = tokio_tungstenite::tungstenite::Utf8Bytes::try_from(json) else {
+        return;
+    };
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    if ws.send(Message::Text(text)).await.is_err() {
+        return;
     }
-    frame.extend_from_slice(json);
-    frame.extend_from_slice(&[0x88, 0x02, 0x03, 0xe8]);
-    frame
+    let close = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    };
+    if ws.close(Some(close)).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
 }
 
 async fn report(
@@ -293,16 +286,45 @@ async fn report(
 mod tests {
     use super::*;
 
-    #[test]
-    fn frames_carry_the_report_with_the_right_length() {
-        let small = report_frames(b"{}");
-        assert_eq!(&small[..4], &[0x81, 2, b'{', b'}']);
-        assert_eq!(&small[4..], &[0x88, 0x02, 0x03, 0xe8]);
-        let mid = report_frames(&[b' '; 300]);
-        assert_eq!(&mid[..4], &[0x81, 126, 0x01, 0x2c]);
-        let big = report_frames(&vec![b' '; 70_000]);
-        assert_eq!(big[1], 127);
-        assert_eq!(u64::from_be_bytes(big[2..10].try_into().unwrap()), 70_000);
+    /// The report reaches a WebSocket client whole, whatever its size,
+    /// followed by a normal close.
+    #[tokio::test]
+    async fn the_report_is_one_text_message_then_a_normal_close() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        use tokio_tungstenite::tungstenite::protocol::Role;
+        use tokio_tungstenite::tungstenite::Message;
+        for size in [2, 300, 70_000] {
+            let json = bytes::Bytes::from(format!("\"{}\"", "x".repeat(size - 2)));
+            let (server, client) = tokio::io::duplex(1 << 16);
+            let sent = tokio::spawn(send_report(server, json.clone()));
+            let mut ws =
+                tokio_tungstenite::WebSocketStream::from_raw_socket(client, Role::Client, None)
+                    .await;
+            match tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+            {
+                Some(Ok(Message::Text(t))) => assert_eq!(t.as_bytes(), &json[..], "{size}"),
+                other => panic!("{size}: {other:?}"),
+            }
+            match tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+            {
+                Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::Normal),
+                other => panic!("{size}: {other:?}"),
+            }
+            // Polling on sends the client's close reply and sees the end.
+            assert!(tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .unwrap()
+                .is_none());
+            tokio::time::timeout(Duration::from_secs(10), sent)
+                .await
+                .unwrap()
+                .unwrap();
+        }
     }
 
     #[test]

@@ -4,13 +4,11 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::ForwardedFor;
+pub use crate::header_names::{
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_PROTO,
+    X_REAL_IP,
+};
 
-pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-pub static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use crate::body::{caused_by, BodyTooLarge, ClientBodyError, ResponseBody, UpstreamBody};
 use crate::config::OnDeny;
 use crate::error::ProxyError;
+use crate::error_chain::ErrorChain;
 use crate::runtime::{RouteRt, Runtime};
 use crate::Shared;
 
@@ -289,21 +290,6 @@ pub struct Failure {
 impl From<ProxyError> for Failure {
     fn from(error: ProxyError) -> Self {
         Failure { error, route: None }
-    }
-}
-
-/// Renders an error and all its sources on one line.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut cur = self.0.source();
-        while let Some(e) = cur {
-            write!(f, ": {e}")?;
-            cur = e.source();
-        }
-        Ok(())
     }
 }
 

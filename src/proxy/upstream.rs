@@ -32,7 +32,9 @@ use crate::body::UpstreamBody;
 /// How long a resolved name is reused before it is looked up again.
 pub const DNS_TTL: Duration = Duration::from_secs(5);
 
-/// An idle connection is closed after this long unused.
+/// An idle connection unused for this long is not reused: the next
+/// checkout that comes across it drops it (nothing closes it before then;
+/// the upstream's own keep-alive timer usually has).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Idle connections kept per server; more are closed when returned.

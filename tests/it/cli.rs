@@ -145,11 +145,12 @@ async fn config_golden_cases() {
             text: std::fs::read_to_string(&path).unwrap(),
             base_dir: PathBuf::from("."),
         };
-        let got = match gatehouse::config::load(&source, &gatehouse::config::Env::empty()) {
-            Ok(cfg) => {
-                let plan = gatehouse::tls::plan(&cfg.tls, &cfg.hostname).unwrap();
-                gatehouse::cli::describe(&cfg, &plan)
-            }
+        // The golden output is what `gatehouse check` prints: the plan
+        // start and reload commit, or the error all three refuse with.
+        let got = match gatehouse::config::load(&source, &gatehouse::config::Env::empty())
+            .and_then(|cfg| gatehouse::plan::plan(&cfg).map(|plan| (cfg, plan)))
+        {
+            Ok((cfg, plan)) => gatehouse::cli::describe(&cfg, &plan),
             Err(e) => format!("error: {e}\n"),
         };
         // GATEHOUSE_BLESS=1 rewrites the expected outputs; review the diff.

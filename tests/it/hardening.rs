@@ -819,11 +819,10 @@ impl H2 {
 async fn metrics_pass_promtool() {
     let up = echo().await;
     let dir = tempfile::tempdir().unwrap();
-    let metrics_port = free_port();
     std::fs::write(
         dir.path().join("gatehouse.toml"),
         format!(
-            "http_port = 0\nhttps_port = 0\nbind = [\"127.0.0.1\"]\nforce_https_redirect = false\nlog_format = \"off\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n{}{}",
+            "http_port = 0\nhttps_port = 0\nbind = [\"127.0.0.1\"]\nforce_https_redirect = false\nlog_format = \"off\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
             route("/q\\\"uote\\\\d", &up.url(), ""),
             route("/", &up.url(), "")
         ),
@@ -831,7 +830,10 @@ async fn metrics_pass_promtool() {
     .unwrap();
     let mut p = Running::spawn(dir.path(), &[], &[]);
     let port = p.port_after("listening on http://127.0.0.1:").await;
-    p.wait_for("metrics and health on").await;
+    // Port 0 and the port read back from the log: no port picked ahead.
+    let metrics_port = p
+        .port_after("metrics and health on http://127.0.0.1:")
+        .await;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     assert!(raw(
         addr,

@@ -185,13 +185,48 @@ async fn file_changes_and_sighup_reload_the_binary() {
     assert_eq!(p.exit_code().await, 0);
 }
 
-/// Prometheus text format: every sample line is `name{labels} value`.
+/// Prometheus text format: every sample line is `name{labels} value`,
+/// after the `# HELP` and `# TYPE` lines of its family; a `_total` series
+/// is a counter.
 fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
     let mut out = std::collections::HashMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
+    let mut types = std::collections::HashMap::new();
+    let mut helped = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("{line}"));
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "unknown type in {line:?}"
+            );
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "TYPE twice: {line}"
+            );
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            helped.insert(name.to_string());
+            continue;
+        }
+        assert!(!line.starts_with('#'), "stray comment {line:?}");
+        let name = line.split(['{', ' ']).next().unwrap();
+        // A histogram's samples belong to the family without the suffix.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        let kind = types
+            .get(family)
+            .unwrap_or_else(|| panic!("{name} has no TYPE line before it"));
+        assert!(helped.contains(family), "{name} has no HELP line");
+        if name.ends_with("_total") {
+            assert_eq!(kind, "counter", "{line}");
+        }
         let (series, value) = line
             .rsplit_once(' ')
             .unwrap_or_else(|| panic!("bad line {line:?}"));
@@ -356,7 +391,7 @@ async fn access_log_and_request_ids() {
     std::fs::write(
         dir.path().join("gatehouse.toml"),
         format!(
-            "http_port = 0\nhttps_port = 0\nbind = [\"127.0.0.1\"]\nforce_https_redirect = false\nlog_format = \"json\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n[metrics]\nenabled = false\n\n{}",
+            "http_port = 0\nhttps_port = 0\nbind = [\"127.0.0.1\"]\nforce_https_redirect = false\nlog_format = \"json\"\ntrusted_proxies = [\"127.0.0.1\"]\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n{}",
             routes(&[("/down", &format!("http://{refused}")), ("/", &up.url())])
         ),
     )
@@ -369,13 +404,18 @@ async fn access_log_and_request_ids() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port: u16 = loop {
+    let (mut port, mut metrics_port) = (None::<u16>, None::<u16>);
+    while port.is_none() || metrics_port.is_none() {
         let line = within(lines.next_line()).await.unwrap().expect("exited");
-        if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
-            break rest.split(' ').next().unwrap().parse().unwrap();
-        }
-    };
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+        let after = |prefix: &str| {
+            let rest = line.split(prefix).nth(1)?;
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        };
+        port = port.or(after("listening on http://127.0.0.1:"));
+        metrics_port = metrics_port.or(after("metrics and health on http://127.0.0.1:"));
+    }
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port.unwrap()).into();
     // From a trusted peer, an incoming id is kept and sent upstream.
     let req = http::Request::builder()
         .method("POST")
@@ -434,13 +474,45 @@ async fn access_log_and_request_ids() {
         .expect("failure logged");
     assert_eq!(failed["status"], 503);
     assert_eq!(failed["route"], "/down");
-    // Nobody reads stdout any more: the pipe fills, requests go on.
-    for i in 0..3000 {
-        let res = send(Proto::H1, addr, std::path::Path::new(""), get("/fill", "h"))
+    // Nobody reads stdout any more: the pipe fills, then the log queue
+    // (16,384 lines), and lines are dropped and counted; every request is
+    // still answered. 20,000 pipelined requests on one connection, read
+    // back as they come.
+    const FLOOD: usize = 20_000;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let one = b"GET /fill HTTP/1.1\r\nHost: h\r\n\r\n";
+        for _ in 0..FLOOD / 100 {
+            wr.write_all(&one.repeat(100)).await.unwrap();
+        }
+        wr.write_all(b"GET /fill HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
-        assert_eq!(res.status, 200, "request {i}");
-    }
+        wr
+    });
+    let mut answers = Vec::new();
+    within(tokio::io::AsyncReadExt::read_to_end(&mut rd, &mut answers))
+        .await
+        .unwrap();
+    let _wr = within(writer).await.unwrap();
+    let ok = answers
+        .windows(13)
+        .filter(|w| w == b"HTTP/1.1 200 ")
+        .count();
+    assert_eq!(ok, FLOOD + 1, "every pipelined request answered 200");
+    let scrape = send(
+        Proto::H1,
+        ([127, 0, 0, 1], metrics_port.unwrap()).into(),
+        std::path::Path::new(""),
+        get("/metrics", "h"),
+    )
+    .await
+    .unwrap()
+    .text();
+    let dropped = parse_prometheus(&scrape)["gatehouse_access_log_dropped_total"];
+    assert!(dropped > 0.0, "no line was dropped: the queue never filled");
     let pid = child.id().unwrap().to_string();
     assert!(std::process::Command::new("kill")
         .args(["-s", "TERM", &pid])
