@@ -165,6 +165,19 @@ pub(crate) fn parse_dotenv(text: &str) -> Vec<(String, String, usize)> {
     out
 }
 
+impl super::ConfigError {
+    /// An environment variable with a value that is not valid.
+    pub fn var(name: &str, value: &Value, msg: impl Into<String>) -> Self {
+        super::ConfigError {
+            origin: value.origin.to_string(),
+            position: None,
+            key: Some(name.to_string()),
+            msg: format!("invalid value {:?}: {}", value.value, msg.into()),
+            snippet: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

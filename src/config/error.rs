@@ -5,8 +5,6 @@ use std::fmt;
 use std::ops::Range;
 use std::path::Path;
 
-use super::env::Value;
-
 /// A configuration problem, rendered as `file:line:col: key: message`
 /// followed by the offending source line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,17 +57,6 @@ impl ConfigError {
             String::new()
         };
         ConfigError::at(path, src, span, &key, msg)
-    }
-
-    /// An environment variable with a value that is not valid.
-    pub fn var(name: &str, value: &Value, msg: impl Into<String>) -> Self {
-        ConfigError {
-            origin: value.origin.to_string(),
-            position: None,
-            key: Some(name.to_string()),
-            msg: format!("invalid value {:?}: {}", value.value, msg.into()),
-            snippet: None,
-        }
     }
 
     /// A file that could not be read.

@@ -84,8 +84,6 @@ const KNOWN: &[(&str, &str)] = &[
     ("proxy", "server"),
     ("proxy::diagnostics", "server"),
     ("admin", "server"),
-    // `ConfigError::var` takes an `env::Value`; env returns ConfigError.
-    ("config::env", "config::error"),
 ];
 
 fn units() -> BTreeMap<String, PathBuf> {
