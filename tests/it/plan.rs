@@ -223,20 +223,7 @@ async fn server_health_survives_an_unrelated_reload() {
     };
     let mut px = Proxy::start(&route("")).await;
     // B fails two checks in a row: out of the rotation.
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut streak = 0;
-    while streak < 6 {
-        assert!(tokio::time::Instant::now() < deadline, "B never taken out");
-        streak = if px.get("/").await.text() == "A" {
-            streak + 1
-        } else {
-            0
-        };
-        if streak == 0 {
-            tick.tick().await;
-        }
-    }
+    until_only(&px, "A", "B never taken out").await;
     // An unrelated change: another route.
     let cfg = load(
         px.dir.path(),

@@ -470,6 +470,25 @@ impl Proxy {
     }
 }
 
+/// Requests `/` until six answers in a row are `want` (a server taken out
+/// of the rotation), checking every 50 ms, within `LIMIT`.
+pub async fn until_only(px: &Proxy, want: &str, what: &str) {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut streak = 0;
+    while streak < 6 {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        streak = if px.get("/").await.text() == want {
+            streak + 1
+        } else {
+            0
+        };
+        if streak == 0 {
+            tick.tick().await;
+        }
+    }
+}
+
 /// Loads a test configuration: `http_port`/`https_port` 0 and bind
 /// 127.0.0.1 unless the fragment sets them; relative paths in `dir`.
 pub fn load(
