@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::Shared;
+use crate::state::Shared;
 
 /// A request for the serving loop, which owns the server.
 pub enum Command {

@@ -2,7 +2,8 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::{BoxError, ResponseBody};
+use crate::body::BoxError;
+use crate::proxy::response::ResponseBody;
 
 /// Why a request could not be proxied. Causes are kept as sources, never
 /// formatted into strings, so the log line can print the whole chain.

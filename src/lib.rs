@@ -78,6 +78,8 @@ pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod state;
 pub mod tls;
 
-pub use server::{Server, Shared, StartError};
+pub use server::{Server, StartError};
+pub use state::Shared;

@@ -18,9 +18,91 @@ use tokio_util::task::TaskTracker;
 
 use crate::framing::{ConnState, Phase};
 use crate::policy::ip;
-use crate::proxy::{self, Conn};
 use crate::proxy_protocol::{self, Prefixed};
-use crate::Shared;
+use crate::runtime::Runtime;
+use http::HeaderValue;
+
+/// What the connection layer needs of the running server: the
+/// configuration in service (limits, trusted peers), the TLS settings, the
+/// connection counts and the metrics it keeps. Requests go to a
+/// [`Handler`], the request pipeline, which this layer does not know.
+pub struct Context {
+    pub runtime: Arc<arc_swap::ArcSwap<Runtime>>,
+    /// Swapped on reload (the ACME ALPN may change); a handshake loads it.
+    pub tls: arc_swap::ArcSwap<rustls::ServerConfig>,
+    pub conns: ConnCounts,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Where each request of a connection goes: the request pipeline above
+/// this layer, statically dispatched (no boxed future per request).
+pub trait Handler: Send + Sync + 'static {
+    /// The response body the pipeline answers with.
+    type Body: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError> + Send + 'static;
+
+    fn handle(
+        self: Arc<Self>,
+        req: http::Request<hyper::body::Incoming>,
+        conn: Arc<Conn>,
+    ) -> impl std::future::Future<
+        Output = Result<http::Response<Self::Body>, std::convert::Infallible>,
+    > + Send
+           + 'static;
+}
+
+/// What is known about the client's connection, computed once per
+/// connection rather than per request.
+#[derive(Debug)]
+pub struct Conn {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub tls: bool,
+    /// The peer is a trusted proxy.
+    pub trusted: bool,
+    /// Refusals from the HTTP/1 reader, requests in flight and idle times
+    /// (see `framing`).
+    pub state: Arc<crate::framing::ConnState>,
+    pub ip: IpAddr,
+    /// The client address rendered for `X-Real-IP`/`X-Forwarded-For`.
+    pub client_ip: HeaderValue,
+    pub proto: HeaderValue,
+}
+
+impl Conn {
+    /// `peer` is the client as far as the connection knows (the PROXY
+    /// header's source when there was one); `trusted` says whether it may
+    /// speak for others through `X-Forwarded-*`.
+    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool, trusted: bool) -> Self {
+        Self::with_state(peer, local, tls, trusted, Arc::default())
+    }
+
+    /// [`Conn::new`] with the connection's state made at accept.
+    pub fn with_state(
+        peer: SocketAddr,
+        local: SocketAddr,
+        tls: bool,
+        trusted: bool,
+        state: Arc<crate::framing::ConnState>,
+    ) -> Self {
+        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
+        let ip = crate::policy::ip::canonical(peer.ip());
+        Conn {
+            peer,
+            local,
+            tls,
+            trusted,
+            state,
+            ip,
+            client_ip: ip_header(ip),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+pub(crate) fn ip_header(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string())
+        .expect("invariant: an IP address is a valid header value")
+}
 
 /// Resolves once shutdown has been requested (or the sender is gone).
 async fn stopped(rx: &mut watch::Receiver<bool>) {
@@ -93,7 +175,7 @@ impl ConnCounts {
 
 /// Releases its share of [`ConnCounts`] when the connection ends.
 struct Slot {
-    counts: Arc<Shared>,
+    counts: Arc<Context>,
     id: u64,
     ip: Option<IpAddr>,
 }
@@ -121,7 +203,7 @@ impl Drop for Slot {
 impl Slot {
     /// Takes a place for a new connection, closing the longest-idle one
     /// when the total limit is reached; `None` when all are busy.
-    fn open(shared: &Arc<Shared>, max_total: usize, state: &Arc<ConnState>) -> Option<Slot> {
+    fn open(shared: &Arc<Context>, max_total: usize, state: &Arc<ConnState>) -> Option<Slot> {
         let c = &shared.conns;
         let prev = c.total.fetch_add(1, Ordering::Relaxed);
         let id = c.next_id.fetch_add(1, Ordering::Relaxed);
@@ -157,10 +239,11 @@ impl Slot {
 
 /// Accepts until `shutdown` turns true; every connection is spawned on
 /// `tracker` so shutdown can wait for them.
-pub async fn accept_loop(
+pub async fn accept_loop<H: Handler>(
     listener: TcpListener,
     kind: Kind,
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
+    handler: Arc<H>,
     tracker: TaskTracker,
     mut stop_accepting: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
@@ -194,6 +277,7 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let handler = handler.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             let state = Arc::new(ConnState::default());
@@ -207,8 +291,8 @@ pub async fn accept_loop(
                     admit(stream, peer, local, kind, &shared, &state, &mut slot).await
                 {
                     match kind {
-                        Kind::Http => serve_http1(io, conn, shared.clone(), shutdown).await,
-                        Kind::Https => serve_tls(io, conn, shared.clone(), shutdown).await,
+                        Kind::Http => serve_http1(io, conn, shared.clone(), handler, shutdown).await,
+                        Kind::Https => serve_tls(io, conn, shared.clone(), handler, shutdown).await,
                     }
                 }
             };
@@ -232,7 +316,7 @@ async fn admit(
     peer: SocketAddr,
     local: SocketAddr,
     kind: Kind,
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     state: &Arc<ConnState>,
     slot: &mut Slot,
 ) -> Option<(Prefixed<TcpStream>, Arc<Conn>)> {
@@ -319,8 +403,13 @@ async fn idle_limit(state: &ConnState, header: Duration, keepalive: Duration, h2
     }
 }
 
-async fn serve_tls<I>(io: I, conn: Arc<Conn>, shared: Arc<Shared>, shutdown: watch::Receiver<bool>)
-where
+async fn serve_tls<I, H: Handler>(
+    io: I,
+    conn: Arc<Conn>,
+    shared: Arc<Context>,
+    handler: Arc<H>,
+    shutdown: watch::Receiver<bool>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
@@ -358,16 +447,17 @@ where
         return;
     }
     if alpn == Some(b"h2") {
-        serve_http2(tls, conn, shared, shutdown).await;
+        serve_http2(tls, conn, shared, handler, shutdown).await;
     } else {
-        serve_http1(tls, conn, shared, shutdown).await;
+        serve_http1(tls, conn, shared, handler, shutdown).await;
     }
 }
 
-async fn serve_http1<I>(
+async fn serve_http1<I, H: Handler>(
     io: I,
     conn: Arc<Conn>,
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
+    handler: Arc<H>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -397,7 +487,7 @@ async fn serve_http1<I>(
     drop(rt);
     let state = conn.state.clone();
     let io = crate::framing::Inspect::new(io, state.clone(), limits);
-    let svc = service_fn(move |req| proxy::handle(req, conn.clone(), shared.clone()));
+    let svc = service_fn(move |req| H::handle(handler.clone(), req, conn.clone()));
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
@@ -418,10 +508,11 @@ async fn serve_http1<I>(
     }
 }
 
-async fn serve_http2<I>(
+async fn serve_http2<I, H: Handler>(
     io: I,
     conn: Arc<Conn>,
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
+    handler: Arc<H>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -448,7 +539,7 @@ async fn serve_http2<I>(
     let (header_timeout, keepalive) = (l.header_timeout, l.keepalive_timeout);
     drop(rt);
     let state = conn.state.clone();
-    let svc = service_fn(move |req| proxy::handle(req, conn.clone(), shared.clone()));
+    let svc = service_fn(move |req| H::handle(handler.clone(), req, conn.clone()));
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {

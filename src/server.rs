@@ -18,30 +18,7 @@ use crate::plan;
 use crate::runtime::Runtime;
 use crate::tls::{self, CertInfo, CertResolver};
 
-/// State shared by every connection. The runtime is swappable; a request
-/// loads one snapshot of it.
-pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
-    /// Swapped on reload (the ACME ALPN may change); a handshake loads it.
-    pub tls: ArcSwap<rustls::ServerConfig>,
-    /// Configuration generation: 1 at start, +1 per successful reload.
-    pub generation: std::sync::atomic::AtomicU64,
-    pub reload_failures: std::sync::atomic::AtomicU64,
-    /// Settings changed on disk that only a restart applies (0 or more).
-    pub restart_pending: std::sync::atomic::AtomicU64,
-    pub certs: Arc<CertResolver>,
-    pub conns: listen::ConnCounts,
-    /// HTTP-01 challenges in progress (token → key authorization).
-    pub acme_tokens: crate::acme::Tokens,
-    pub metrics: Arc<crate::metrics::Metrics>,
-}
-
-impl Shared {
-    /// Client connections open right now.
-    pub fn open_connections(&self) -> usize {
-        self.conns.open()
-    }
-}
+pub use crate::state::Shared;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -180,16 +157,26 @@ impl Server {
             None,
         );
         log_startup(&runtime, &http_addrs, &https_addrs, &loaded.info);
+        let runtime = Arc::new(ArcSwap::from_pointee(runtime));
         let shared = Arc::new(Shared {
-            runtime: ArcSwap::from_pointee(runtime),
-            tls: ArcSwap::new(tls_config),
+            runtime: runtime.clone(),
+            connections: Arc::new(listen::Context {
+                runtime: runtime.clone(),
+                tls: ArcSwap::new(tls_config),
+                conns: listen::ConnCounts::default(),
+                metrics: metrics.clone(),
+            }),
+            pipeline: Arc::new(crate::proxy::Context {
+                runtime,
+                acme_tokens: crate::acme::Tokens::default(),
+                certs: resolver.clone(),
+                metrics: metrics.clone(),
+            }),
+            certs: resolver,
+            metrics,
             generation: std::sync::atomic::AtomicU64::new(1),
             reload_failures: Default::default(),
             restart_pending: Default::default(),
-            certs: resolver,
-            conns: listen::ConnCounts::default(),
-            acme_tokens: crate::acme::Tokens::default(),
-            metrics,
         });
         let (shutdown, _) = watch::channel(false);
         // The metrics listener is not worth failing a start for: an address
@@ -247,7 +234,8 @@ impl Server {
             self.accept_loops.spawn(listen::accept_loop(
                 listener,
                 kind,
-                self.shared.clone(),
+                self.shared.connections.clone(),
+                self.shared.pipeline.clone(),
                 self.connections.clone(),
                 stop_rx,
                 self.shutdown.subscribe(),
@@ -315,7 +303,7 @@ impl Server {
                     hostname: settings.1.clone(),
                     letsencrypt_dir: settings.2.clone(),
                     resolver: self.shared.certs.clone(),
-                    tokens: self.shared.acme_tokens.clone(),
+                    tokens: self.shared.pipeline.acme_tokens.clone(),
                 };
                 Background {
                     settings,
@@ -398,7 +386,7 @@ impl Server {
             .store(restart.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.shared.certs.set(loaded.key);
         self.cert = loaded.info;
-        self.shared.tls.store(tls_config);
+        self.shared.connections.tls.store(tls_config);
         self.update_background(&config, watch_pair);
         let previous = self.shared.runtime.load_full();
         let runtime = Runtime::build(

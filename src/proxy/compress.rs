@@ -14,7 +14,7 @@ use http_body::Frame;
 use http_body_util::{BodyDataStream, BodyExt, StreamBody};
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use crate::body::ResponseBody;
+use crate::proxy::response::ResponseBody;
 
 /// Responses smaller than this are not worth compressing.
 pub const MIN_LENGTH: u64 = 1024;

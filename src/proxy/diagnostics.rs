@@ -20,10 +20,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
+use super::Context;
 use super::{upgrade, Client, Conn};
-use crate::body::ResponseBody;
+use crate::proxy::response::ResponseBody;
 use crate::runtime::Runtime;
-use crate::Shared;
 
 pub static HEADER: HeaderName = HeaderName::from_static("gatehouse-diagnostics");
 
@@ -96,7 +96,7 @@ pub async fn answer(
     conn: &Conn,
     client: &Client,
     rt: &Runtime,
-    shared: &Shared,
+    shared: &Context,
 ) -> Response<ResponseBody> {
     let given = req
         .headers()
@@ -193,7 +193,7 @@ async fn report(
     conn: &Conn,
     client: &Client,
     rt: &Runtime,
-    shared: &Shared,
+    shared: &Context,
 ) -> Report {
     let headers = req
         .headers()

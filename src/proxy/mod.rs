@@ -4,11 +4,12 @@
 pub mod compress;
 pub mod diagnostics;
 pub mod forwarded;
+pub mod response;
 pub mod upgrade;
 pub mod upstream;
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -17,71 +18,19 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::body::{caused_by, BodyTooLarge, ClientBodyError, ResponseBody, UpstreamBody};
+use crate::body::{caused_by, BodyTooLarge, ClientBodyError, UpstreamBody};
 use crate::config::OnDeny;
 use crate::error::ProxyError;
 use crate::error_chain::ErrorChain;
+use crate::listen::ip_header;
+pub use crate::listen::Conn;
 use crate::runtime::{RouteRt, Runtime};
-use crate::Shared;
+use response::ResponseBody;
 
 pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The reserved path of RFC 8555 §8.3 (HTTP-01 challenges).
 pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
-
-/// What is known about the client's connection, computed once per
-/// connection rather than per request.
-#[derive(Debug)]
-pub struct Conn {
-    pub peer: SocketAddr,
-    pub local: SocketAddr,
-    pub tls: bool,
-    /// The peer is a trusted proxy.
-    pub trusted: bool,
-    /// Refusals from the HTTP/1 reader, requests in flight and idle times
-    /// (see `framing`).
-    pub state: Arc<crate::framing::ConnState>,
-    pub ip: IpAddr,
-    /// The client address rendered for `X-Real-IP`/`X-Forwarded-For`.
-    pub client_ip: HeaderValue,
-    pub proto: HeaderValue,
-}
-
-impl Conn {
-    /// `peer` is the client as far as the connection knows (the PROXY
-    /// header's source when there was one); `trusted` says whether it may
-    /// speak for others through `X-Forwarded-*`.
-    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool, trusted: bool) -> Self {
-        Self::with_state(peer, local, tls, trusted, Arc::default())
-    }
-
-    /// [`Conn::new`] with the connection's state made at accept.
-    pub fn with_state(
-        peer: SocketAddr,
-        local: SocketAddr,
-        tls: bool,
-        trusted: bool,
-        state: Arc<crate::framing::ConnState>,
-    ) -> Self {
-        // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
-        let ip = crate::policy::ip::canonical(peer.ip());
-        Conn {
-            peer,
-            local,
-            tls,
-            trusted,
-            state,
-            ip,
-            client_ip: ip_header(ip),
-            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
-        }
-    }
-}
-
-fn ip_header(ip: IpAddr) -> HeaderValue {
-    HeaderValue::from_str(&ip.to_string())
-        .expect("invariant: an IP address is a valid header value")
-}
 
 /// The client as this request sees it: the connection's peer, or, from a
 /// trusted proxy, the address and scheme that proxy reports.
@@ -157,17 +106,41 @@ impl Client {
     }
 }
 
+/// What the request pipeline needs of the running server, and no more:
+/// the configuration in service (one snapshot per request), the ACME
+/// HTTP-01 answers, the certificate in service (for diagnostics) and the
+/// metrics.
+pub struct Context {
+    pub runtime: Arc<arc_swap::ArcSwap<Runtime>>,
+    pub acme_tokens: crate::acme::Tokens,
+    pub certs: Arc<crate::tls::CertResolver>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl crate::listen::Handler for Context {
+    type Body = ResponseBody;
+
+    fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<Conn>,
+    ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static
+    {
+        handle(req, conn, self)
+    }
+}
+
 /// Entry point for every request: runs the phases, turns a failure into its
 /// response (logged once here), and applies the security headers to
 /// whatever goes out.
 pub async fn handle(
     req: Request<Incoming>,
     conn: Arc<Conn>,
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     // Counted as in flight until the response body is done (idle limits
     // and eviction leave the connection alone meanwhile).
-    let busy = crate::body::Busy::enter(&conn.state);
+    let busy = crate::proxy::response::Busy::enter(&conn.state);
     let h1 = req.version() != Version::HTTP_2;
     let (seq, refusal) = if h1 { conn.state.next_h1() } else { (0, None) };
     // One snapshot per request: a reload cannot change it half way.
@@ -298,7 +271,7 @@ async fn inner(
     conn: &Conn,
     client: &Client,
     rt: &Runtime,
-    shared: &Shared,
+    shared: &Context,
     chosen: &mut Option<Arc<RouteRt>>,
 ) -> Result<Response<ResponseBody>, Failure> {
     check_host(&req)?;

@@ -16,8 +16,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::response::ResponseBody;
 use super::{forwarded, prepare_upstream, send, Client};
-use crate::body::{ResponseBody, UpstreamBody};
+use crate::body::UpstreamBody;
 use crate::error::ProxyError;
 use crate::runtime::RouteRt;
 

@@ -1,9 +1,7 @@
 //! Issue 12: the source tree in layers. Every file of `src/` is a unit
 //! (`proxy/upstream.rs` is `proxy::upstream`, a `mod.rs` its folder); each
 //! unit has a layer, and a unit may import (`crate::…` anywhere in its
-//! code) only from its own layer or below, and never in a cycle. The
-//! imports that still break the rule are listed in `KNOWN`, each to be
-//! removed by the restructuring; a new one fails this test.
+//! code) only from its own layer or below, and never in a cycle.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -53,37 +51,23 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "error",
             "access_log",
+            "proxy::response",
             "proxy::compress",
             "proxy::upgrade",
             "proxy::diagnostics",
             "proxy",
         ],
     ),
-    ("operations", &["plan", "server", "admin", "reload"]),
+    (
+        "operations",
+        &["plan", "state", "server", "admin", "reload"],
+    ),
     (
         "tools",
         &[
             "cli", "demo", "doctor", "external", "fuzzing", "lib", "main",
         ],
     ),
-];
-
-/// Imports that break the layering today, `from -> to`. The list only
-/// shrinks: each entry is a place the restructuring still has to move.
-const KNOWN: &[(&str, &str)] = &[
-    // The response body writes the access-log entry when it ends and
-    // tracks the connection's busy state: both belong in a narrow context
-    // handed down, not imported up.
-    ("body", "access_log"),
-    ("body", "framing"),
-    // The connection layer calls the pipeline directly and everything
-    // takes the whole `server::Shared`: a narrow request context (the
-    // runtime snapshot, counters, ACME tokens) replaces it.
-    ("listen", "proxy"),
-    ("listen", "server"),
-    ("proxy", "server"),
-    ("proxy::diagnostics", "server"),
-    ("admin", "server"),
 ];
 
 fn units() -> BTreeMap<String, PathBuf> {
@@ -220,20 +204,17 @@ fn imports_go_down_the_layers_and_never_in_a_cycle() {
         let deps = imports(unit, &std::fs::read_to_string(path).unwrap(), &all);
         for dep in &deps {
             let theirs = layer.get(dep.as_str()).copied().unwrap_or(usize::MAX);
-            let known = KNOWN.contains(&(unit.as_str(), dep.as_str()));
-            if theirs > own && !known {
+            if theirs > own {
                 problems.push(format!(
                     "{unit} ({}) imports {dep} ({}): upward",
                     LAYERS[own].0,
                     LAYERS.get(theirs).map_or("no layer", |l| l.0)
                 ));
             }
-            if !known {
-                edges.entry(unit.clone()).or_default().insert(dep.clone());
-            }
+            edges.entry(unit.clone()).or_default().insert(dep.clone());
         }
     }
-    // Cycles among the remaining edges (same-layer imports included).
+    // Cycles (same-layer imports included).
     fn visit(
         u: &str,
         edges: &BTreeMap<String, BTreeSet<String>>,
@@ -260,18 +241,6 @@ fn imports_go_down_the_layers_and_never_in_a_cycle() {
     for u in all.keys() {
         if state.get(u.as_str()).copied().unwrap_or(0) == 0 {
             visit(u, &edges, &mut state, &mut Vec::new(), &mut problems);
-        }
-    }
-    // An entry of KNOWN that no longer occurs must go: the list shrinks.
-    for (from, to) in KNOWN {
-        let still = all
-            .get(*from)
-            .map(|p| imports(from, &std::fs::read_to_string(p).unwrap(), &all))
-            .is_some_and(|d| d.contains(*to));
-        if !still {
-            problems.push(format!(
-                "KNOWN lists {from} -> {to}, which is gone: remove it"
-            ));
         }
     }
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
