@@ -6,7 +6,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use gatehouse::config::ForwardedFor;
 use gatehouse::proxy::forwarded::{set_forwarding, strip_hop_by_hop, Observed};
-use gatehouse::router::{normalize, Router};
+use gatehouse::runtime::router::{normalize, Router};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 fn browser_headers() -> HeaderMap {

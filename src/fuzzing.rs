@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use crate::framing::{ConnState, Inspect, Limits, Refusal};
+use crate::conn::framing::{ConnState, Inspect, Limits, Refusal};
 
 /// What the HTTP/1 reader made of a byte stream.
 #[derive(Debug, Default)]
@@ -119,12 +119,12 @@ pub fn hyper_requests(bytes: &[u8]) -> Vec<Parsed> {
 pub fn proxy_protocol(
     bytes: &[u8],
     trusted: bool,
-) -> std::io::Result<crate::proxy_protocol::Header> {
+) -> std::io::Result<crate::conn::proxy_protocol::Header> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a current-thread runtime");
     let mut r = bytes;
-    rt.block_on(crate::proxy_protocol::read_header(&mut r, trusted))
+    rt.block_on(crate::conn::proxy_protocol::read_header(&mut r, trusted))
 }
 
 /// `.env` lines as (key, value, line).

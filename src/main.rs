@@ -1,5 +1,5 @@
 //! `gatehouse`: see `gatehouse --help`.
 
 fn main() -> std::process::ExitCode {
-    gatehouse::cli::main()
+    gatehouse::tools::cli::main()
 }

@@ -29,7 +29,7 @@ pub use model::{
     Route, TlsSettings, Upstream, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
 };
 
-use crate::policy::ip::{self as ipr, Cidr};
+use crate::base::cidr::{self as ipr, Cidr};
 use model::RateLimit;
 
 /// Where the configuration comes from.
@@ -784,7 +784,7 @@ impl Builder<'_> {
                     if token.is_empty()
                         || !token
                             .bytes()
-                            .all(|b| crate::header_names::is_tchar(b) || b == b'/')
+                            .all(|b| crate::base::header_names::is_tchar(b) || b == b'/')
                     {
                         return Err(self.err(
                             t.span(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use http::uri::Authority;
 
-use crate::policy::ip::Cidr;
+use crate::base::cidr::Cidr;
 use http::{HeaderName, HeaderValue};
 
 #[derive(Debug, Clone)]

@@ -10,8 +10,8 @@ use std::net::IpAddr;
 
 use http::header::{HeaderMap, HeaderValue};
 
-use super::ip::{any_contains, canonical, Cidr};
-use crate::header_names::X_FORWARDED_FOR;
+use crate::base::cidr::{any_contains, canonical, Cidr};
+use crate::base::header_names::X_FORWARDED_FOR;
 
 /// Runs once per request from a trusted peer. Returns the client address:
 /// the rightmost untrusted entry of `X-Forwarded-For`, or the leftmost entry
@@ -58,7 +58,7 @@ fn parse_entry(entry: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::ip::private_ranges;
+    use crate::base::cidr::private_ranges;
 
     fn xff(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

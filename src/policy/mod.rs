@@ -3,5 +3,4 @@
 
 pub mod client_ip;
 pub mod headers;
-pub mod ip;
 pub mod rate_limit;

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::ip::canonical;
+use crate::base::cidr::canonical;
 
 /// Slots per limiter (a power of two) and entries per slot.
 const SETS: usize = 16 * 1024;
@@ -81,7 +81,7 @@ impl Limiter {
     }
 }
 
-pub use crate::clock::now_nanos;
+pub use crate::base::clock::now_nanos;
 
 /// IPv4 as itself; IPv6 by its /64.
 fn key_of(ip: IpAddr) -> u128 {

@@ -103,7 +103,7 @@ pub async fn answer(
         .get(&HEADER)
         .expect("caller checked the header");
     if !token_matches(given, token) {
-        static REFUSED: crate::log_limit::Limit = crate::log_limit::Limit::new();
+        static REFUSED: crate::base::log_limit::Limit = crate::base::log_limit::Limit::new();
         if let Some(suppressed) = REFUSED.allow() {
             tracing::warn!(client = %client.ip, suppressed, "diagnostics request with a wrong token refused");
         }
@@ -209,7 +209,7 @@ async fn report(
         .collect();
     let (route, route_error) = match super::select_route(
         rt,
-        &crate::router::normalize(req.uri().path()).path,
+        &crate::runtime::router::normalize(req.uri().path()).path,
         client.ip,
     ) {
         Ok(route) => {
@@ -230,7 +230,7 @@ async fn report(
                 servers.push(ServerReport {
                     address: s.authority.to_string(),
                     marked_down: s.down_until.load(std::sync::atomic::Ordering::Relaxed)
-                        > crate::clock::now_nanos(),
+                        > crate::base::clock::now_nanos(),
                     healthy: s.healthy.load(std::sync::atomic::Ordering::Relaxed),
                     connect_error,
                 });
@@ -265,7 +265,7 @@ async fn report(
         tls: conn.tls,
         certificate: conn
             .tls
-            .then(|| crate::tls::fingerprint_of(&shared.certs.current())),
+            .then(|| crate::certs::fingerprint_of(&shared.certs.current())),
         client_ip: client.ip.to_string(),
         client_proto: String::from_utf8_lossy(client.proto.as_bytes()).into_owned(),
         request_id: String::from_utf8_lossy(client.request_id.as_bytes()).into_owned(),

@@ -1,12 +1,13 @@
 //! The request pipeline: one function per phase, called in order by
 //! [`handle`]. See the crate documentation for the flow.
 
+pub mod access_log;
 pub mod compress;
 pub mod diagnostics;
+pub mod error;
 pub mod forwarded;
 pub mod response;
 pub mod upgrade;
-pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -18,13 +19,13 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
-use crate::body::{caused_by, BodyTooLarge, ClientBodyError, UpstreamBody};
+use crate::base::error_chain::ErrorChain;
 use crate::config::OnDeny;
-use crate::error::ProxyError;
-use crate::error_chain::ErrorChain;
-use crate::listen::ip_header;
-pub use crate::listen::Conn;
+use crate::conn::ip_header;
+pub use crate::conn::Conn;
+use crate::proxy::error::ProxyError;
 use crate::runtime::{RouteRt, Runtime};
+use crate::upstream::body::{caused_by, BodyTooLarge, ClientBodyError, UpstreamBody};
 use response::ResponseBody;
 
 pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -57,7 +58,7 @@ impl Client {
     pub fn of(
         conn: &Conn,
         headers: &http::HeaderMap,
-        trusted: &[crate::policy::ip::Cidr],
+        trusted: &[crate::base::cidr::Cidr],
         logging: bool,
     ) -> Client {
         let bytes_in = logging.then(Arc::default);
@@ -68,11 +69,11 @@ impl Client {
                 proto: conn.proto.clone(),
                 https: conn.tls,
                 forwarded_host: None,
-                request_id: crate::access_log::request_id(None),
+                request_id: crate::proxy::access_log::request_id(None),
                 bytes_in,
             };
         }
-        let request_id = crate::access_log::request_id(headers.get(&X_REQUEST_ID));
+        let request_id = crate::proxy::access_log::request_id(headers.get(&X_REQUEST_ID));
         let ip = crate::policy::client_ip::resolve(conn.ip, trusted, headers);
         let ip_header = if ip == conn.ip {
             conn.client_ip.clone()
@@ -112,12 +113,12 @@ impl Client {
 /// metrics.
 pub struct Context {
     pub runtime: Arc<arc_swap::ArcSwap<Runtime>>,
-    pub acme_tokens: crate::acme::Tokens,
-    pub certs: Arc<crate::tls::CertResolver>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub acme_tokens: crate::certs::acme::Tokens,
+    pub certs: Arc<crate::certs::CertResolver>,
+    pub metrics: Arc<crate::runtime::metrics::Metrics>,
 }
 
-impl crate::listen::Handler for Context {
+impl crate::conn::Handler for Context {
     type Body = ResponseBody;
 
     fn handle(
@@ -149,7 +150,7 @@ pub async fn handle(
     // Cheap clones (reference-counted bytes), kept for the failure log line.
     let uri = req.uri().clone();
     let log_format = rt.config.log_format;
-    let logging = log_format != crate::access_log::Format::Off;
+    let logging = log_format != crate::proxy::access_log::Format::Off;
     let client = Client::of(&conn, req.headers(), &rt.config.trusted_proxies, logging);
     let version = req.version();
     let (referer, user_agent) = if logging {
@@ -182,7 +183,7 @@ pub async fn handle(
             // Peers choose how often this happens: the lines are limited
             // per second (issue 10 point 10); the client's own faults are
             // debug lines.
-            static FAILED: crate::log_limit::Limit = crate::log_limit::Limit::new();
+            static FAILED: crate::base::log_limit::Limit = crate::base::log_limit::Limit::new();
             match route {
                 Some(route) if error.status().is_server_error() => {
                     if let Some(suppressed) = FAILED.allow() {
@@ -230,26 +231,27 @@ pub async fn handle(
         None => shared.metrics.unrouted.observe(status, head_time),
     }
     if logging {
-        res.body_mut().set_log(Box::new(crate::access_log::Entry {
-            format: log_format,
-            time: std::time::SystemTime::now() - head_time,
-            started,
-            client: client.ip,
-            method,
-            uri,
-            version,
-            status,
-            route: chosen.as_ref().map(|r| r.path.clone()),
-            upstream: chosen.as_ref().map(|r| r.upstream.authority.to_string()),
-            // Time to the response head: for a proxied request, the
-            // upstream's answer time plus negligible local work.
-            upstream_time: chosen.as_ref().map(|_| head_time),
-            request_id: client.request_id.clone(),
-            referer,
-            user_agent,
-            bytes_in: client.bytes_in.clone().unwrap_or_default(),
-            bytes_out: 0,
-        }));
+        res.body_mut()
+            .set_log(Box::new(crate::proxy::access_log::Entry {
+                format: log_format,
+                time: std::time::SystemTime::now() - head_time,
+                started,
+                client: client.ip,
+                method,
+                uri,
+                version,
+                status,
+                route: chosen.as_ref().map(|r| r.path.clone()),
+                upstream: chosen.as_ref().map(|r| r.upstream.authority.to_string()),
+                // Time to the response head: for a proxied request, the
+                // upstream's answer time plus negligible local work.
+                upstream_time: chosen.as_ref().map(|_| head_time),
+                request_id: client.request_id.clone(),
+                referer,
+                user_agent,
+                bytes_in: client.bytes_in.clone().unwrap_or_default(),
+                bytes_out: 0,
+            }));
     }
     Ok(res)
 }
@@ -314,7 +316,7 @@ async fn inner(
     }
     // Routes and their rules see the path's normal form; the upstream
     // gets the target as sent (issue 10 point 3).
-    let norm = crate::router::normalize(path);
+    let norm = crate::runtime::router::normalize(path);
     if norm.encoded_nul {
         return Err(ProxyError::BadRequest("%00 in the path").into());
     }
@@ -437,8 +439,10 @@ pub fn valid_authority(b: &[u8]) -> bool {
 /// The answer to `OPTIONS *`: what the server supports, nothing more.
 fn options_star() -> Response<ResponseBody> {
     let mut res = Response::new(ResponseBody::empty());
-    res.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(crate::error::ALLOW));
+    res.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static(crate::proxy::error::ALLOW),
+    );
     res
 }
 
@@ -480,7 +484,7 @@ fn body_error(e: &(dyn std::error::Error + 'static), route: &RouteRt) -> ProxyEr
         ProxyError::BodyTooLarge {
             limit: route.max_body,
         }
-    } else if caused_by::<crate::body::ClientBodyTimeout>(e) {
+    } else if caused_by::<crate::upstream::body::ClientBodyTimeout>(e) {
         ProxyError::ClientTimeout(route.client_body_timeout)
     } else {
         ProxyError::BadRequest("the request body could not be read")
@@ -512,7 +516,7 @@ fn admit_rate(route: &RouteRt, ip: IpAddr) -> Result<(), ProxyError> {
     match &route.limiter {
         None => Ok(()),
         Some(l) => l
-            .check(ip, crate::clock::now_nanos())
+            .check(ip, crate::base::clock::now_nanos())
             .map_err(|wait| ProxyError::RateLimited { retry_after: wait }),
     }
 }
@@ -673,7 +677,7 @@ pub async fn send(
                 | ProxyError::UpstreamTimeout(_)
                 | ProxyError::UpstreamProtocol(_)),
             ) => {
-                let until = crate::clock::now_nanos() + FAIL_TIMEOUT.as_nanos() as u64;
+                let until = crate::base::clock::now_nanos() + FAIL_TIMEOUT.as_nanos() as u64;
                 server.down_until.store(until, Relaxed);
                 let untried = (0..n).any(|i| tried & (1 << i) == 0);
                 if matches!(e, ProxyError::UpstreamConnect(_)) && retryable && untried {
@@ -718,7 +722,7 @@ impl Drop for Outstanding<'_> {
 /// balancing rule.
 fn pick(route: &RouteRt, tried: u64) -> usize {
     let n = route.servers.len().min(64);
-    let now = crate::clock::now_nanos();
+    let now = crate::base::clock::now_nanos();
     let untried = |i: usize| tried & (1 << i) == 0;
     let up = |i: usize| {
         let s = &route.servers[i];
@@ -752,7 +756,7 @@ async fn send_once(
         None => return Err(ProxyError::UpstreamTimeout(route.timeout)),
         Some(Err(e)) => {
             if caused_by::<BodyTooLarge>(&e)
-                || caused_by::<crate::body::ClientBodyTimeout>(&e)
+                || caused_by::<crate::upstream::body::ClientBodyTimeout>(&e)
                 || caused_by::<ClientBodyError>(&e)
             {
                 return Err(body_error(&e, route));
@@ -790,7 +794,7 @@ async fn send_once(
 /// stops sending meets its own `client_body_timeout` inside the body.
 async fn after_body<F: std::future::Future>(
     sent: F,
-    progress: &crate::body::Progress,
+    progress: &crate::upstream::body::Progress,
     limit: std::time::Duration,
 ) -> Option<F::Output> {
     tokio::pin!(sent);
@@ -896,7 +900,7 @@ fn valid_host(h: &str) -> bool {
 /// the folder; `Cache-Control: no-cache`; 404 when absent.
 async fn serve_challenge(
     rt: &Runtime,
-    tokens: &crate::acme::Tokens,
+    tokens: &crate::certs::acme::Tokens,
     path: &str,
 ) -> Response<ResponseBody> {
     let token = &path[ACME_CHALLENGE_PREFIX.len()..];

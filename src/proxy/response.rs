@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::body::BoxError;
+use crate::upstream::body::BoxError;
 
 pin_project! {
     /// Where the bytes of a response come from.
@@ -34,7 +34,7 @@ pin_project! {
     pub struct ResponseBody {
         #[pin]
         kind: Kind,
-        log: Option<Box<crate::access_log::Entry>>,
+        log: Option<Box<crate::proxy::access_log::Entry>>,
         busy: Option<Busy>,
     }
 
@@ -73,17 +73,17 @@ impl ResponseBody {
     }
 
     /// Attaches the access-log entry written when this body ends.
-    pub fn set_log(&mut self, entry: Box<crate::access_log::Entry>) {
+    pub fn set_log(&mut self, entry: Box<crate::proxy::access_log::Entry>) {
         self.log = Some(entry);
     }
 }
 
 /// A request in flight on its connection, from its start until its
 /// response body is done (see [`ResponseBody::set_busy`]).
-pub struct Busy(std::sync::Arc<crate::framing::ConnState>);
+pub struct Busy(std::sync::Arc<crate::conn::framing::ConnState>);
 
 impl Busy {
-    pub fn enter(conn: &std::sync::Arc<crate::framing::ConnState>) -> Busy {
+    pub fn enter(conn: &std::sync::Arc<crate::conn::framing::ConnState>) -> Busy {
         conn.enter();
         Busy(conn.clone())
     }

@@ -18,9 +18,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::response::ResponseBody;
 use super::{forwarded, prepare_upstream, send, Client};
-use crate::body::UpstreamBody;
-use crate::error::ProxyError;
+use crate::proxy::error::ProxyError;
 use crate::runtime::RouteRt;
+use crate::upstream::body::UpstreamBody;
 
 static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
 
@@ -85,7 +85,7 @@ pub async fn h1(
     protocols: HeaderValue,
     client: &Client,
     route: Arc<RouteRt>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::runtime::metrics::Metrics>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
     let host = super::request_host(&req);
@@ -148,7 +148,7 @@ pub async fn h2_websocket(
     mut req: Request<Incoming>,
     client: &Client,
     route: Arc<RouteRt>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::runtime::metrics::Metrics>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_side = hyper::upgrade::on(&mut req);
     let (mut parts, _body) = req.into_parts();
@@ -213,10 +213,10 @@ fn spawn_tunnel(
     upstream: OnUpgrade,
     idle: Duration,
     route: String,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::runtime::metrics::Metrics>,
 ) {
     tokio::spawn(async move {
-        let _open = crate::metrics::Gauge::up(&metrics.open_websockets);
+        let _open = crate::runtime::metrics::Gauge::up(&metrics.open_websockets);
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {

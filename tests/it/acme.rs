@@ -51,7 +51,7 @@ impl Pebble {
         validity: Option<u64>,
         eab: bool,
     ) -> Pebble {
-        let (cert, key) = gatehouse::tls::generate_self_signed("127.0.0.1").unwrap();
+        let (cert, key) = gatehouse::certs::generate_self_signed("127.0.0.1").unwrap();
         let server_cert = dir.join("pebble-cert.pem");
         std::fs::write(&server_cert, cert).unwrap();
         std::fs::write(dir.join("pebble-key.pem"), key).unwrap();
@@ -171,7 +171,7 @@ async fn verified_fingerprint(
         .await
         .ok()?;
     let leaf = tls.get_ref().1.peer_certificates()?[0].clone();
-    Some(gatehouse::tls::fingerprint(leaf.as_ref()))
+    Some(gatehouse::certs::fingerprint(leaf.as_ref()))
 }
 
 /// Waits (bounded) until the served chain verifies against Pebble's root

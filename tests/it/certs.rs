@@ -20,18 +20,18 @@ pub async fn served_fingerprint(addr: std::net::SocketAddr, sni: &str) -> String
     .await
     .unwrap();
     let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-    gatehouse::tls::fingerprint(leaf.as_ref())
+    gatehouse::certs::fingerprint(leaf.as_ref())
 }
 
 fn write_pair(dir: &std::path::Path, host: &str) -> String {
-    let (cert, key) = gatehouse::tls::generate_self_signed(host).unwrap();
+    let (cert, key) = gatehouse::certs::generate_self_signed(host).unwrap();
     // Key first, then the certificate, as a renewal tool would.
     std::fs::write(dir.join("key.pem"), key).unwrap();
     std::fs::write(dir.join("cert.pem"), &cert).unwrap();
     let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes())
         .map(|c: rustls::pki_types::CertificateDer| c)
         .unwrap();
-    gatehouse::tls::fingerprint(der.as_ref())
+    gatehouse::certs::fingerprint(der.as_ref())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +146,7 @@ async fn letsencrypt_enabled_serves_the_certbot_layout() {
         .path()
         .join("certificates/letsencrypt/live/vault.example.com");
     std::fs::create_dir_all(&live).unwrap();
-    let (cert, key) = gatehouse::tls::generate_self_signed("vault.example.com").unwrap();
+    let (cert, key) = gatehouse::certs::generate_self_signed("vault.example.com").unwrap();
     std::fs::write(live.join("fullchain.pem"), &cert).unwrap();
     std::fs::write(live.join("privkey.pem"), &key).unwrap();
     let env = [
@@ -157,14 +157,14 @@ async fn letsencrypt_enabled_serves_the_certbot_layout() {
     let served = served_fingerprint(px.https, "vault.example.com").await;
     let der: rustls::pki_types::CertificateDer =
         rustls::pki_types::pem::PemObject::from_pem_slice(cert.as_bytes()).unwrap();
-    assert_eq!(served, gatehouse::tls::fingerprint(der.as_ref()));
+    assert_eq!(served, gatehouse::certs::fingerprint(der.as_ref()));
     // And a certbot renewal is picked up (AliasVault #635).
-    let (cert2, key2) = gatehouse::tls::generate_self_signed("vault.example.com").unwrap();
+    let (cert2, key2) = gatehouse::certs::generate_self_signed("vault.example.com").unwrap();
     std::fs::write(live.join("privkey.pem"), &key2).unwrap();
     std::fs::write(live.join("fullchain.pem"), &cert2).unwrap();
     let der2: rustls::pki_types::CertificateDer =
         rustls::pki_types::pem::PemObject::from_pem_slice(cert2.as_bytes()).unwrap();
-    let want = gatehouse::tls::fingerprint(der2.as_ref());
+    let want = gatehouse::certs::fingerprint(der2.as_ref());
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while served_fingerprint(px.https, "vault.example.com").await != want {

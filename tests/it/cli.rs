@@ -148,9 +148,9 @@ async fn config_golden_cases() {
         // The golden output is what `gatehouse check` prints: the plan
         // start and reload commit, or the error all three refuse with.
         let got = match gatehouse::config::load(&source, &gatehouse::config::Env::empty())
-            .and_then(|cfg| gatehouse::plan::plan(&cfg).map(|plan| (cfg, plan)))
+            .and_then(|cfg| gatehouse::ops::plan::plan(&cfg).map(|plan| (cfg, plan)))
         {
-            Ok((cfg, plan)) => gatehouse::cli::describe(&cfg, &plan),
+            Ok((cfg, plan)) => gatehouse::tools::cli::describe(&cfg, &plan),
             Err(e) => format!("error: {e}\n"),
         };
         // GATEHOUSE_BLESS=1 rewrites the expected outputs; review the diff.

@@ -116,8 +116,8 @@ fn options(
     connect: SocketAddr,
     ca: &Path,
     token: Option<&str>,
-) -> gatehouse::doctor::Options {
-    gatehouse::doctor::Options {
+) -> gatehouse::tools::doctor::Options {
+    gatehouse::tools::doctor::Options {
         url: url.parse().unwrap(),
         connect_to: Some(connect.to_string()),
         ca: vec![ca.to_path_buf()],
@@ -129,9 +129,9 @@ fn options(
 }
 
 /// The doctor (in-process) straight at Gatehouse's HTTPS port.
-async fn direct(proxy: &Proxy, token: Option<&str>) -> gatehouse::doctor::Outcome {
+async fn direct(proxy: &Proxy, token: Option<&str>) -> gatehouse::tools::doctor::Outcome {
     let url = format!("https://{HOST}:{}", proxy.https.port());
-    within(gatehouse::doctor::run(&options(
+    within(gatehouse::tools::doctor::run(&options(
         &url,
         proxy.https,
         &proxy.cert_path(),
@@ -140,11 +140,14 @@ async fn direct(proxy: &Proxy, token: Option<&str>) -> gatehouse::doctor::Outcom
     .await
 }
 
-fn ids(outcome: &gatehouse::doctor::Outcome) -> Vec<&str> {
+fn ids(outcome: &gatehouse::tools::doctor::Outcome) -> Vec<&str> {
     outcome.findings.iter().map(|f| f.id).collect()
 }
 
-fn check<'a>(outcome: &'a gatehouse::doctor::Outcome, name: &str) -> &'a gatehouse::doctor::Check {
+fn check<'a>(
+    outcome: &'a gatehouse::tools::doctor::Outcome,
+    name: &str,
+) -> &'a gatehouse::tools::doctor::Check {
     outcome
         .checks
         .iter()
@@ -181,7 +184,7 @@ async fn doctor_passes_against_gatehouse_directly_and_reports_tls_trouble() {
     // named, and every other check still runs.
     let mut opts = options(&url, proxy.https, &proxy.cert_path(), Some(TOKEN));
     opts.ca.clear();
-    let o = within(gatehouse::doctor::run(&opts)).await;
+    let o = within(gatehouse::tools::doctor::run(&opts)).await;
     assert_eq!(ids(&o), ["tls-verify"], "{}", o.render());
     assert!(o.render().contains("--ca certificates/ssl/cert.pem"));
     assert!(check(&o, "websocket").ok && check(&o, "admin").ok);

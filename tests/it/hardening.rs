@@ -541,7 +541,7 @@ async fn peers_cannot_flood_the_log() {
     let failed = text.matches("request failed").count();
     assert!(pings <= 1, "{pings} lines about PINGs");
     assert!(
-        (1..=3 * gatehouse::log_limit::PER_SECOND as usize * 10).contains(&failed),
+        (1..=3 * gatehouse::base::log_limit::PER_SECOND as usize * 10).contains(&failed),
         "{failed} lines for 300 failed requests"
     );
     assert!(

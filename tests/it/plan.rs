@@ -31,8 +31,8 @@ async fn check_start_and_reload_refuse_the_same_configurations() {
     };
     // A certificate and a key that do not belong together, in [tls] and in
     // certbot's layout.
-    let (cert_a, _) = gatehouse::tls::generate_self_signed("a.example").unwrap();
-    let (_, key_b) = gatehouse::tls::generate_self_signed("b.example").unwrap();
+    let (cert_a, _) = gatehouse::certs::generate_self_signed("a.example").unwrap();
+    let (_, key_b) = gatehouse::certs::generate_self_signed("b.example").unwrap();
     for sub in ["mismatch", "certificates/letsencrypt/live/localhost"] {
         std::fs::create_dir_all(d.join(sub)).unwrap();
     }
@@ -316,7 +316,7 @@ async fn requests_are_served_while_a_reload_reads_a_slow_certificate() {
     .await;
     let slow = px.dir.path().join("slow");
     std::fs::create_dir_all(&slow).unwrap();
-    let (cert, key) = gatehouse::tls::generate_self_signed("localhost").unwrap();
+    let (cert, key) = gatehouse::certs::generate_self_signed("localhost").unwrap();
     std::fs::write(slow.join("key.pem"), key).unwrap();
     std::fs::write(slow.join(".hostname_marker"), "localhost\n").unwrap();
     let fifo = slow.join("cert.pem");

@@ -246,7 +246,7 @@ proptest! {
         };
         bytes.extend_from_slice(&rest);
         let got = fuzzing::proxy_protocol(&bytes, true).unwrap();
-        prop_assert_eq!(got, gatehouse::proxy_protocol::Header::Proxy(Some(source), rest));
+        prop_assert_eq!(got, gatehouse::conn::proxy_protocol::Header::Proxy(Some(source), rest));
     }
 
     #[test]

@@ -210,7 +210,7 @@ async fn ipv6_listeners_and_ipv6_upstreams() {
 
 #[tokio::test]
 async fn every_resolved_address_is_tried_in_turn() {
-    use gatehouse::proxy::upstream::{client_with, Resolver};
+    use gatehouse::upstream::pool::{client_with, Resolver};
     use std::time::Duration;
     // The name resolves to an address where nothing listens, then to the
     // real server: the connection must fall through to the second.
@@ -227,7 +227,7 @@ async fn every_resolved_address_is_tried_in_turn() {
     let req = Request::builder()
         .uri(format!("http://api.internal:{}/api", live.port()))
         .header("host", "api.internal")
-        .body(gatehouse::body::UpstreamBody::empty())
+        .body(gatehouse::upstream::body::UpstreamBody::empty())
         .unwrap();
     let res = within(client.request(req)).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);

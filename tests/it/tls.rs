@@ -32,11 +32,11 @@ async fn start_with(
     })
 }
 
-fn leaf_info(path: &std::path::Path) -> gatehouse::tls::CertInfo {
+fn leaf_info(path: &std::path::Path) -> gatehouse::certs::CertInfo {
     let cert = std::fs::read(path).unwrap();
     let key = std::fs::read(path.with_file_name("key.pem")).unwrap();
-    let ck = gatehouse::tls::certified_key(&cert, &key, path).unwrap();
-    gatehouse::tls::inspect(&ck, gatehouse::tls::CertSource::File(path.into())).unwrap()
+    let ck = gatehouse::certs::certified_key(&cert, &key, path).unwrap();
+    gatehouse::certs::inspect(&ck, gatehouse::certs::CertSource::File(path.into())).unwrap()
 }
 
 #[tokio::test]
@@ -107,7 +107,7 @@ async fn a_provided_pair_is_served_and_a_broken_one_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let ssl = dir.path().join("certificates/ssl");
     std::fs::create_dir_all(&ssl).unwrap();
-    let (cert, key) = gatehouse::tls::generate_self_signed("localhost").unwrap();
+    let (cert, key) = gatehouse::certs::generate_self_signed("localhost").unwrap();
     std::fs::write(ssl.join("cert.pem"), &cert).unwrap();
     std::fs::write(ssl.join("key.pem"), &key).unwrap();
     std::fs::write(ssl.join(".hostname_marker"), "localhost\n").unwrap();
@@ -124,7 +124,7 @@ async fn a_provided_pair_is_served_and_a_broken_one_is_refused_untouched() {
     within(server.unwrap().shutdown(std::time::Duration::from_secs(1))).await;
 
     // Mismatched key: a clear error, nothing overwritten.
-    let (_, other_key) = gatehouse::tls::generate_self_signed("localhost").unwrap();
+    let (_, other_key) = gatehouse::certs::generate_self_signed("localhost").unwrap();
     std::fs::write(ssl_path(&dir).join("key.pem"), &other_key).unwrap();
     let (err, dir) = start_with(dir, &[])
         .await

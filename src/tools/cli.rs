@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::certs;
 use crate::config::{self, Config, Env, Source};
 use crate::runtime::Runtime;
-use crate::tls;
 
 /// Gatehouse: a reverse proxy for self-hosted web apps (AliasVault's layout
 /// by default: /admin, /api and / behind one hostname).
@@ -49,15 +49,15 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Print a configuration for the proxy in front of Gatehouse (nginx,
     /// apache, caddy, traefik, haproxy or cloudflared) to stdout.
-    External(crate::external::Args),
+    External(crate::tools::external::Args),
     /// Start three sample upstreams on loopback and the proxy in front of
     /// them on http://localhost:8080 and https://localhost:8443.
     Demo {
         /// HTTP port of the demo proxy (0 picks a free one).
-        #[arg(long, default_value_t = crate::demo::HTTP_PORT)]
+        #[arg(long, default_value_t = crate::tools::demo::HTTP_PORT)]
         http_port: u16,
         /// HTTPS port of the demo proxy (0 picks a free one).
-        #[arg(long, default_value_t = crate::demo::HTTPS_PORT)]
+        #[arg(long, default_value_t = crate::tools::demo::HTTPS_PORT)]
         https_port: u16,
     },
 }
@@ -104,14 +104,14 @@ pub fn main() -> ExitCode {
         Some(Command::Reload) => admin_request(&cli, http::Method::POST, "/reload"),
         Some(Command::Health) => admin_request(&cli, http::Method::GET, "/readyz"),
         Some(Command::Doctor(ref args)) => doctor(&cli, args),
-        Some(Command::External(ref args)) => crate::external::main(args),
+        Some(Command::External(ref args)) => crate::tools::external::main(args),
         Some(Command::Demo {
             http_port,
             https_port,
-        }) => crate::demo::main(http_port, https_port),
+        }) => crate::tools::demo::main(http_port, https_port),
     };
     // Log lines still queued for stdout are written before the exit.
-    crate::access_log::flush(Duration::from_secs(2));
+    crate::proxy::access_log::flush(Duration::from_secs(2));
     code
 }
 
@@ -132,7 +132,7 @@ fn doctor(cli: &Cli, args: &DoctorArgs) -> ExitCode {
             })
             .filter(|t| !t.trim().is_empty())
     });
-    let opts = crate::doctor::Options {
+    let opts = crate::tools::doctor::Options {
         url,
         connect_to: args.connect_to.clone(),
         ca: args.ca.clone(),
@@ -141,11 +141,12 @@ fn doctor(cli: &Cli, args: &DoctorArgs) -> ExitCode {
         admin: args.admin.clone(),
         timeout: Duration::from_secs(args.timeout.max(1)),
     };
-    let Some(rt) = crate::reload::runtime(&mut tokio::runtime::Builder::new_current_thread())
+    let Some(rt) =
+        crate::ops::supervisor::runtime(&mut tokio::runtime::Builder::new_current_thread())
     else {
         return ExitCode::FAILURE;
     };
-    let outcome = rt.block_on(crate::doctor::run(&opts));
+    let outcome = rt.block_on(crate::tools::doctor::run(&opts));
     if args.json {
         println!(
             "{}",
@@ -177,7 +178,7 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_target(false)
         .with_ansi(ansi)
-        .with_writer(crate::access_log::LineWriter::default)
+        .with_writer(crate::proxy::access_log::LineWriter::default)
         .init();
 }
 
@@ -205,14 +206,18 @@ fn run(cli: &Cli) -> ExitCode {
         b.worker_threads(cfg.workers);
         b
     };
-    let Some(rt) = crate::reload::runtime(&mut builder) else {
+    let Some(rt) = crate::ops::supervisor::runtime(&mut builder) else {
         return ExitCode::FAILURE;
     };
-    let origin = crate::reload::Origin {
+    let origin = crate::ops::supervisor::Origin {
         source: Source::discover(cli.config.as_deref()),
         env_file: cli.env_file.clone(),
     };
-    rt.block_on(crate::reload::serve_until_signal(cfg, Some(origin), |_| {}))
+    rt.block_on(crate::ops::supervisor::serve_until_signal(
+        cfg,
+        Some(origin),
+        |_| {},
+    ))
 }
 
 fn check(cli: &Cli) -> ExitCode {
@@ -224,7 +229,7 @@ fn check(cli: &Cli) -> ExitCode {
         }
     };
     // The same plan start and reload commit: what it refuses, they refuse.
-    let plan = match crate::plan::plan(&cfg) {
+    let plan = match crate::ops::plan::plan(&cfg) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -305,7 +310,7 @@ fn cert(cli: &Cli) -> ExitCode {
     match served_certificate(&cfg) {
         Ok(Some((info, renewal))) => {
             print!("{}", describe_cert(&info, renewal));
-            let left = info.not_after_unix - tls::unix_now();
+            let left = info.not_after_unix - certs::unix_now();
             if left < 7 * 86_400 {
                 eprintln!("warning: the certificate expires in {} hours", left / 3600);
                 return ExitCode::FAILURE;
@@ -331,38 +336,37 @@ fn cert(cli: &Cli) -> ExitCode {
 /// Gatehouse renews it.
 pub fn served_certificate(
     cfg: &Config,
-) -> Result<Option<(tls::CertInfo, Option<i64>)>, config::ConfigError> {
+) -> Result<Option<(certs::CertInfo, Option<i64>)>, config::ConfigError> {
     if cfg.letsencrypt_enabled || cfg.acme.is_some() {
-        let (cert, key) = tls::live_paths(&cfg.letsencrypt_dir, &cfg.hostname);
+        let (cert, key) = certs::live_paths(&cfg.letsencrypt_dir, &cfg.hostname);
         let source = if cfg.acme.is_some() {
-            tls::CertSource::Acme(cert.clone())
+            certs::CertSource::Acme(cert.clone())
         } else {
-            tls::CertSource::Certbot(cert.clone())
+            certs::CertSource::Certbot(cert.clone())
         };
-        if let Ok(l) = tls::load_pair(&cert, &key, source) {
-            let renewal = cfg
-                .acme
-                .is_some()
-                .then(|| crate::acme::renew_at(l.info.not_before_unix, l.info.not_after_unix));
+        if let Ok(l) = certs::load_pair(&cert, &key, source) {
+            let renewal = cfg.acme.is_some().then(|| {
+                crate::certs::acme::renew_at(l.info.not_before_unix, l.info.not_after_unix)
+            });
             return Ok(Some((l.info, renewal)));
         }
     }
-    Ok(match tls::plan(&cfg.tls, &cfg.hostname)? {
-        tls::Plan::Use(l) => Some((l.info, None)),
-        tls::Plan::Generate(_) => None,
+    Ok(match certs::plan(&cfg.tls, &cfg.hostname)? {
+        certs::Plan::Use(l) => Some((l.info, None)),
+        certs::Plan::Generate(_) => None,
     })
 }
 
-fn describe_cert(info: &tls::CertInfo, renewal: Option<i64>) -> String {
+fn describe_cert(info: &certs::CertInfo, renewal: Option<i64>) -> String {
     use std::fmt::Write;
     let source = match &info.source {
-        tls::CertSource::File(p) => format!("file {}", p.display()),
-        tls::CertSource::Certbot(p) => format!("file {} (certbot layout)", p.display()),
-        tls::CertSource::Acme(p) => format!("ACME {}", p.display()),
-        tls::CertSource::Generated(p) => format!("self-signed {}", p.display()),
-        tls::CertSource::Ephemeral => "self-signed (memory)".to_string(),
+        certs::CertSource::File(p) => format!("file {}", p.display()),
+        certs::CertSource::Certbot(p) => format!("file {} (certbot layout)", p.display()),
+        certs::CertSource::Acme(p) => format!("ACME {}", p.display()),
+        certs::CertSource::Generated(p) => format!("self-signed {}", p.display()),
+        certs::CertSource::Ephemeral => "self-signed (memory)".to_string(),
     };
-    let source = if info.self_signed && matches!(info.source, tls::CertSource::File(_)) {
+    let source = if info.self_signed && matches!(info.source, certs::CertSource::File(_)) {
         format!("self-signed, {source}")
     } else {
         source
@@ -371,7 +375,7 @@ fn describe_cert(info: &tls::CertInfo, renewal: Option<i64>) -> String {
         Some(at) => format!(
             "{} (in {} hours)",
             rfc3339(at),
-            (at - tls::unix_now()).max(0) / 3600
+            (at - certs::unix_now()).max(0) / 3600
         ),
         None => "not renewed by Gatehouse".to_string(),
     };
@@ -400,7 +404,7 @@ fn rfc3339(unix: i64) -> String {
 }
 
 /// The effective configuration as `gatehouse check` prints it.
-pub fn describe(cfg: &Config, plan: &crate::plan::Plan) -> String {
+pub fn describe(cfg: &Config, plan: &crate::ops::plan::Plan) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let source = cfg.source.as_ref().map_or_else(
@@ -485,7 +489,12 @@ pub fn describe(cfg: &Config, plan: &crate::plan::Plan) -> String {
         }
     );
     let _ = writeln!(out, "routes:");
-    let runtime = Runtime::build(cfg.clone(), None, &crate::metrics::Metrics::default(), None);
+    let runtime = Runtime::build(
+        cfg.clone(),
+        None,
+        &crate::runtime::metrics::Metrics::default(),
+        None,
+    );
     for (path, r) in runtime.router.iter() {
         let mut extras = format!(
             "timeout {}, websocket idle {}, max body {} (read ahead {}, {} between reads)",
@@ -501,7 +510,7 @@ pub fn describe(cfg: &Config, plan: &crate::plan::Plan) -> String {
         if r.forwarded_for == config::ForwardedFor::Append {
             extras.push_str(", X-Forwarded-For appended");
         }
-        let list = |l: &[crate::policy::ip::Cidr]| {
+        let list = |l: &[crate::base::cidr::Cidr]| {
             l.iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
@@ -611,7 +620,7 @@ pub fn describe(cfg: &Config, plan: &crate::plan::Plan) -> String {
     let _ = writeln!(
         out,
         "restart required to change: {} (a reload keeps the running values)",
-        crate::plan::RESTART_ONLY
+        crate::ops::plan::RESTART_ONLY
     );
     out
 }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::metrics::Metrics;
+use crate::certs::CertResolver;
+use crate::runtime::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::tls::CertResolver;
 
 pub struct Shared {
     /// The configuration in service, the same one both contexts load.
     pub runtime: Arc<ArcSwap<Runtime>>,
-    pub connections: Arc<crate::listen::Context>,
+    pub connections: Arc<crate::conn::Context>,
     pub pipeline: Arc<crate::proxy::Context>,
     pub certs: Arc<CertResolver>,
     pub metrics: Arc<Metrics>,

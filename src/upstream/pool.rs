@@ -27,7 +27,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::body::UpstreamBody;
+use crate::upstream::body::UpstreamBody;
 
 /// How long a resolved name is reused before it is looked up again.
 pub const DNS_TTL: Duration = Duration::from_secs(5);

@@ -28,7 +28,7 @@ impl Limit {
     /// `Some(n)` when a line may be written now, `n` being the lines left
     /// out since the last one written; `None` to leave this one out.
     pub fn allow(&self) -> Option<u64> {
-        let second = crate::clock::now_nanos() / 1_000_000_000;
+        let second = crate::base::clock::now_nanos() / 1_000_000_000;
         let mut cur = self.window.load(Relaxed);
         loop {
             let (s, n) = (cur >> 16, cur & 0xffff);

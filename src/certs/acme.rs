@@ -18,8 +18,8 @@ use instant_acme::{
     Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 
+use crate::certs::{self, CertResolver, CertSource};
 use crate::config::{AcmeSettings, Challenge};
-use crate::tls::{self, CertResolver, CertSource};
 
 /// HTTP-01 tokens being validated: token → key authorization.
 pub type Tokens = Arc<Mutex<HashMap<String, String>>>;
@@ -148,7 +148,7 @@ impl Manager {
     }
 
     fn live(&self) -> (PathBuf, PathBuf) {
-        tls::live_paths(&self.letsencrypt_dir, &self.hostname)
+        certs::live_paths(&self.letsencrypt_dir, &self.hostname)
     }
 
     /// Seconds until the live certificate should be renewed (0: now).
@@ -156,7 +156,7 @@ impl Manager {
         let (cert, key) = self.live();
         // File reads on the blocking pool (issue 12).
         let read = tokio::task::spawn_blocking(move || {
-            tls::load_pair(&cert, &key, CertSource::Acme(cert.clone()))
+            certs::load_pair(&cert, &key, CertSource::Acme(cert.clone()))
         })
         .await;
         match read.unwrap_or_else(|e| Err(crate::config::ConfigError::other("ACME", e.to_string())))
@@ -170,7 +170,7 @@ impl Manager {
                     return Duration::ZERO;
                 }
                 let at = renew_at(l.info.not_before_unix, l.info.not_after_unix);
-                Duration::from_secs((at - tls::unix_now()).max(0) as u64)
+                Duration::from_secs((at - certs::unix_now()).max(0) as u64)
             }
             Err(_) => Duration::ZERO,
         }
@@ -208,7 +208,7 @@ impl Manager {
                     tracing::error!(
                         "ACME: obtaining a certificate for {} failed: {}; retrying in {}s",
                         self.hostname,
-                        crate::error_chain::ErrorChain(&e),
+                        crate::base::error_chain::ErrorChain(&e),
                         wait.as_secs()
                     );
                     tokio::time::sleep(wait).await;
@@ -310,7 +310,7 @@ impl Manager {
         let chain = order
             .poll_certificate(&RetryPolicy::new().timeout(Duration::from_secs(120)))
             .await?;
-        let ck = tls::certified_key(
+        let ck = certs::certified_key(
             chain.as_bytes(),
             key_pem.as_bytes(),
             Path::new("ACME order"),
@@ -318,7 +318,7 @@ impl Manager {
         .map_err(AcmeError::Issued)?;
         self.write_live(chain.clone(), key_pem).await?;
         let (cert_path, _) = self.live();
-        let info = tls::inspect(&ck, CertSource::Acme(cert_path)).map_err(AcmeError::Issued)?;
+        let info = certs::inspect(&ck, CertSource::Acme(cert_path)).map_err(AcmeError::Issued)?;
         tracing::info!("ACME: certificate issued: {info}");
         self.resolver.set(ck);
         Ok(())
@@ -344,7 +344,7 @@ impl Manager {
                 (dir.join("chain.pem"), format!("{}\n", rest.trim()), 0o644),
             ];
             for (path, data, mode) in files {
-                tls::write_file(&path, data.as_bytes(), mode)
+                certs::write_file(&path, data.as_bytes(), mode)
                     .map_err(|source| AcmeError::Io { path, source })?;
             }
             Ok(())
@@ -406,7 +406,7 @@ impl Manager {
             .await?;
         let json = serde_json::to_vec_pretty(&creds).map_err(AcmeError::Account)?;
         tokio::task::spawn_blocking(move || {
-            tls::write_file(&path, &json, 0o600).map_err(|source| AcmeError::Io { path, source })
+            certs::write_file(&path, &json, 0o600).map_err(|source| AcmeError::Io { path, source })
         })
         .await
         .map_err(AcmeError::Stopped)??;

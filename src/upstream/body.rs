@@ -49,7 +49,7 @@ impl Progress {
         if self.on_client.load(Acquire) {
             return None;
         }
-        Some(crate::clock::now_nanos().saturating_sub(self.last.load(Acquire)))
+        Some(crate::base::clock::now_nanos().saturating_sub(self.last.load(Acquire)))
     }
 }
 
@@ -157,7 +157,7 @@ impl UpstreamBody {
         }
         let p = std::sync::Arc::new(Progress::default());
         p.last.store(
-            crate::clock::now_nanos(),
+            crate::base::clock::now_nanos(),
             std::sync::atomic::Ordering::Release,
         );
         self.progress = Some(p.clone());
@@ -179,7 +179,7 @@ impl UpstreamBody {
                 self.last = tokio::time::Instant::now();
                 if let Some(p) = &self.progress {
                     p.on_client.store(false, Release);
-                    p.last.store(crate::clock::now_nanos(), Release);
+                    p.last.store(crate::base::clock::now_nanos(), Release);
                 }
                 if let Some(data) = frame.data_ref() {
                     self.seen += data.len() as u64;

@@ -287,7 +287,7 @@ impl Target {
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .map(|c| crate::tls::fingerprint(c.as_ref()));
+            .map(|c| crate::certs::fingerprint(c.as_ref()));
         Ok(Opened {
             io: Box::new(tls),
             local,
@@ -335,7 +335,7 @@ impl Target {
         let res = tokio::time::timeout(self.timeout, sender.send_request(req))
             .await
             .map_err(|_| format!("no response within {:?}", self.timeout))?
-            .map_err(|e| format!("{}", crate::error_chain::ErrorChain(&e)))?;
+            .map_err(|e| format!("{}", crate::base::error_chain::ErrorChain(&e)))?;
         let status = res.status();
         let headers = res.headers().clone();
         if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -749,7 +749,7 @@ impl Doctor<'_> {
             let peer_ip = r
                 .peer
                 .parse::<SocketAddr>()
-                .map(|a| crate::policy::ip::canonical(a.ip()).to_string())
+                .map(|a| crate::base::cidr::canonical(a.ip()).to_string())
                 .unwrap_or_else(|_| r.peer.clone());
             let mut missing = Vec::new();
             if header("x-forwarded-for").is_empty() {
@@ -791,7 +791,7 @@ impl Doctor<'_> {
                         "Add the proxy's address to Gatehouse's .env: TRUSTED_PROXIES={}",
                         // One address as a range, e.g. 127.0.0.1/32.
                         peer_ip
-                            .parse::<crate::policy::ip::Cidr>()
+                            .parse::<crate::base::cidr::Cidr>()
                             .map_or_else(|_| peer_ip.clone(), |c| c.to_string())
                     ),
                 );

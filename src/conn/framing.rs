@@ -122,7 +122,7 @@ impl Default for ConnState {
             decision: AtomicU64::new(0),
             waiting: Mutex::new(None),
             in_flight: AtomicU32::new(0),
-            idle_since: AtomicU64::new(crate::clock::now_nanos()),
+            idle_since: AtomicU64::new(crate::base::clock::now_nanos()),
             head_started: AtomicU64::new(0),
             evicted: AtomicBool::new(false),
             evict: tokio::sync::Notify::new(),
@@ -191,7 +191,7 @@ impl ConnState {
     pub fn leave(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle_since
-                .store(crate::clock::now_nanos(), Ordering::Relaxed);
+                .store(crate::base::clock::now_nanos(), Ordering::Relaxed);
         }
     }
 
@@ -369,7 +369,7 @@ impl<I> Inspect<I> {
                         }
                         self.state_ref
                             .head_started
-                            .store(crate::clock::now_nanos().max(1), Ordering::Release);
+                            .store(crate::base::clock::now_nanos().max(1), Ordering::Release);
                     }
                     if direct {
                         direct_end = i;
@@ -661,7 +661,7 @@ fn check_method(head: &[u8]) -> Result<(), Refusal> {
     }
 }
 
-pub(crate) use crate::header_names::is_tchar;
+pub(crate) use crate::base::header_names::is_tchar;
 
 /// A version `HTTP/1.x` with x > 1 is rewritten to `HTTP/1.1` in place, as
 /// RFC 9110 §2.5 says to serve it; another major version is refused.
@@ -881,7 +881,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Inspect<I> {
     }
 }
 
-crate::io::forward_async_write!(Inspect);
+crate::base::io::forward_async_write!(Inspect);
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,9 @@ pub const HTTP_PORT: u16 = 8080;
 pub const HTTPS_PORT: u16 = 8443;
 
 pub fn main(http_port: u16, https_port: u16) -> ExitCode {
-    let Some(rt) = crate::reload::runtime(&mut tokio::runtime::Builder::new_multi_thread()) else {
+    let Some(rt) =
+        crate::ops::supervisor::runtime(&mut tokio::runtime::Builder::new_multi_thread())
+    else {
         return ExitCode::FAILURE;
     };
     rt.block_on(async {
@@ -51,7 +53,7 @@ pub fn main(http_port: u16, https_port: u16) -> ExitCode {
             }
         };
         cfg.tls = TlsSettings::Ephemeral;
-        crate::reload::serve_until_signal(cfg, None, |server| {
+        crate::ops::supervisor::serve_until_signal(cfg, None, |server| {
             let https = server.https_addrs.first().map_or(https_port, |a| a.port());
             let http = server.http_addrs.first().map_or(http_port, |a| a.port());
             println!("Gatehouse demo: three sample services behind one proxy.");

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::Config;
 use crate::config::EXIT_CONFIG;
 use crate::config::{self, ConfigError, Env, Source};
-use crate::server::{Server, StartError};
+use crate::ops::server::{Server, StartError};
 use std::process::ExitCode;
 
 /// Where a running server's configuration comes from.
@@ -101,7 +101,7 @@ pub async fn serve_until_signal(
     // Stamped before the server is up and announced: a change made once
     // it is listening is a change, never the starting point.
     let watched = origin.as_ref().map(|o| o.watched()).unwrap_or_default();
-    let mut seen = crate::files::stamps(&watched).await;
+    let mut seen = crate::base::files::stamps(&watched).await;
     let mut server = match Server::start(cfg).await {
         Ok(s) => s,
         Err(StartError::Config(e)) => {
@@ -124,7 +124,7 @@ pub async fn serve_until_signal(
         tokio::select! {
             signal = &mut stop => break signal,
             Some(cmd) = next_command(&mut commands) => {
-                let crate::admin::Command::Reload(reply) = cmd;
+                let crate::ops::admin::Command::Reload(reply) = cmd;
                 let result = match &origin {
                     Some(o) => reload(&mut server, o, "gatehouse reload").await.map_err(|e| e.to_string()),
                     None => Err("this process has no configuration file to reload".to_string()),
@@ -137,7 +137,7 @@ pub async fn serve_until_signal(
                 }
             }
             _ = tick.tick(), if origin.is_some() => {
-                let now = crate::files::stamps(&watched).await;
+                let now = crate::base::files::stamps(&watched).await;
                 match &pending {
                     // Settled since the last check: apply it once.
                     Some(p) if *p == now => {
@@ -177,8 +177,8 @@ fn hangup_signal() -> Hangup {
 
 /// The next admin command; never when there is no admin listener.
 async fn next_command(
-    rx: &mut Option<tokio::sync::mpsc::Receiver<crate::admin::Command>>,
-) -> Option<crate::admin::Command> {
+    rx: &mut Option<tokio::sync::mpsc::Receiver<crate::ops::admin::Command>>,
+) -> Option<crate::ops::admin::Command> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -12,13 +12,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
+use crate::certs::{self, CertInfo, CertResolver};
 use crate::config::{Config, ConfigError};
-use crate::listen::{self, Kind};
-use crate::plan;
+use crate::conn::{self, Kind};
+use crate::ops::plan;
 use crate::runtime::Runtime;
-use crate::tls::{self, CertInfo, CertResolver};
 
-pub use crate::state::Shared;
+pub use crate::ops::state::Shared;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -85,7 +85,7 @@ pub struct Server {
     /// The metrics/health/reload listener's address, when it is up.
     pub metrics_addr: Option<SocketAddr>,
     admin: Option<tokio::task::JoinHandle<()>>,
-    admin_commands: Option<tokio::sync::mpsc::Receiver<crate::admin::Command>>,
+    admin_commands: Option<tokio::sync::mpsc::Receiver<crate::ops::admin::Command>>,
 }
 
 /// Binds the addresses not already bound. All or nothing: on an error the
@@ -96,7 +96,7 @@ fn bind_new(
 ) -> Result<Vec<(Kind, SocketAddr, tokio::net::TcpListener)>, StartError> {
     let mut out = Vec::new();
     for &(kind, addr) in want {
-        match listen::bind(addr.ip(), addr.port()) {
+        match conn::bind(addr.ip(), addr.port()) {
             Ok(l) => out.push((kind, addr, l)),
             // The default binds IPv6 too; a host without IPv6 (common in
             // containers) still serves IPv4.
@@ -111,7 +111,7 @@ fn bind_new(
 
 /// Writes what the certificate plan generated, on the blocking pool, and
 /// returns the certificate to serve.
-async fn commit_certs(certs: tls::CertPlan) -> Result<tls::Loaded, ConfigError> {
+async fn commit_certs(certs: certs::CertPlan) -> Result<certs::Loaded, ConfigError> {
     tokio::task::spawn_blocking(move || certs.commit())
         .await
         .unwrap_or_else(|e| {
@@ -126,7 +126,7 @@ fn tls_config(
     resolver: Arc<CertResolver>,
     acme_alpn: bool,
 ) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-    tls::server_config(resolver, acme_alpn).map_err(|e| ConfigError::other("TLS", e.to_string()))
+    certs::server_config(resolver, acme_alpn).map_err(|e| ConfigError::other("TLS", e.to_string()))
 }
 
 impl Server {
@@ -149,7 +149,7 @@ impl Server {
                 .collect()
         };
         let (http_addrs, https_addrs) = (local(Kind::Http), local(Kind::Https));
-        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let metrics = Arc::new(crate::runtime::metrics::Metrics::default());
         let runtime = Runtime::build(
             config.clone(),
             https_addrs.first().map(SocketAddr::port),
@@ -160,15 +160,15 @@ impl Server {
         let runtime = Arc::new(ArcSwap::from_pointee(runtime));
         let shared = Arc::new(Shared {
             runtime: runtime.clone(),
-            connections: Arc::new(listen::Context {
+            connections: Arc::new(conn::Context {
                 runtime: runtime.clone(),
                 tls: ArcSwap::new(tls_config),
-                conns: listen::ConnCounts::default(),
+                conns: conn::ConnCounts::default(),
                 metrics: metrics.clone(),
             }),
             pipeline: Arc::new(crate::proxy::Context {
                 runtime,
-                acme_tokens: crate::acme::Tokens::default(),
+                acme_tokens: crate::certs::acme::Tokens::default(),
                 certs: resolver.clone(),
                 metrics: metrics.clone(),
             }),
@@ -182,26 +182,30 @@ impl Server {
         // The metrics listener is not worth failing a start for: an address
         // in use is a warning, the proxy serves on.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (metrics_addr, admin) =
-            match config.metrics.map(|a| (a, listen::bind(a.ip(), a.port()))) {
-                Some((_, Ok(l))) => {
-                    let addr = l.local_addr().ok();
-                    if let Some(a) = addr {
-                        tracing::info!(
-                            "metrics and health on http://{a} (/metrics, /healthz, /readyz)"
-                        );
-                    }
-                    (
-                        addr,
-                        Some(tokio::spawn(crate::admin::serve(l, shared.clone(), tx))),
-                    )
+        let (metrics_addr, admin) = match config.metrics.map(|a| (a, conn::bind(a.ip(), a.port())))
+        {
+            Some((_, Ok(l))) => {
+                let addr = l.local_addr().ok();
+                if let Some(a) = addr {
+                    tracing::info!(
+                        "metrics and health on http://{a} (/metrics, /healthz, /readyz)"
+                    );
                 }
-                Some((a, Err(e))) => {
-                    tracing::warn!("metrics listener not started on {a}: {e}");
-                    (None, None)
-                }
-                None => (None, None),
-            };
+                (
+                    addr,
+                    Some(tokio::spawn(crate::ops::admin::serve(
+                        l,
+                        shared.clone(),
+                        tx,
+                    ))),
+                )
+            }
+            Some((a, Err(e))) => {
+                tracing::warn!("metrics listener not started on {a}: {e}");
+                (None, None)
+            }
+            None => (None, None),
+        };
         let mut server = Server {
             http_addrs,
             https_addrs,
@@ -231,7 +235,7 @@ impl Server {
                 continue;
             };
             let (stop, stop_rx) = watch::channel(false);
-            self.accept_loops.spawn(listen::accept_loop(
+            self.accept_loops.spawn(conn::accept_loop(
                 listener,
                 kind,
                 self.shared.connections.clone(),
@@ -275,12 +279,12 @@ impl Server {
         let watch = watch_pair.map(|(cert, key)| (cert, key, source));
         if self.cert_watch.as_ref().map(|b| &b.settings) != watch.as_ref() {
             self.cert_watch = watch.map(|settings| {
-                let kind: fn(PathBuf) -> tls::CertSource = match settings.2 {
-                    "acme" => tls::CertSource::Acme,
-                    "certbot" => tls::CertSource::Certbot,
-                    _ => tls::CertSource::File,
+                let kind: fn(PathBuf) -> certs::CertSource = match settings.2 {
+                    "acme" => certs::CertSource::Acme,
+                    "certbot" => certs::CertSource::Certbot,
+                    _ => certs::CertSource::File,
                 };
-                let task = tokio::spawn(tls::watch(
+                let task = tokio::spawn(certs::watch(
                     self.shared.certs.clone(),
                     settings.0.clone(),
                     settings.1.clone(),
@@ -298,7 +302,7 @@ impl Server {
             // challenge answers are withdrawn by its own guard.
             self.acme = None;
             self.acme = acme.map(|settings| {
-                let manager = crate::acme::Manager {
+                let manager = crate::certs::acme::Manager {
                     settings: settings.0.clone(),
                     hostname: settings.1.clone(),
                     letsencrypt_dir: settings.2.clone(),
@@ -423,7 +427,7 @@ impl Server {
     /// that owns this server; taken once.
     pub fn take_admin_commands(
         &mut self,
-    ) -> Option<tokio::sync::mpsc::Receiver<crate::admin::Command>> {
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::ops::admin::Command>> {
         self.admin_commands.take()
     }
 

@@ -14,9 +14,9 @@
 
 use std::net::SocketAddr;
 
+use crate::certs::CertPlan;
 use crate::config::{Challenge, Config, ConfigError};
-use crate::listen::Kind;
-use crate::tls::CertPlan;
+use crate::conn::Kind;
 
 /// Everything a configuration asks for, worked out off to the side.
 pub struct Plan {
@@ -45,7 +45,7 @@ pub fn plan(config: &Config) -> Result<Plan, ConfigError> {
     }
     Ok(Plan {
         listeners,
-        certs: crate::tls::plan_certs(config)?,
+        certs: crate::certs::plan_certs(config)?,
         acme_alpn: config
             .acme
             .as_ref()

@@ -4,6 +4,8 @@
 //! The served certificate sits behind a resolver with a swappable slot, so
 //! a renewed certificate can replace it without touching listeners.
 
+pub mod acme;
+
 use std::fmt;
 use std::fs;
 use std::io::Write;
@@ -315,7 +317,7 @@ pub async fn watch(
             log_expiry(&resolver);
             next_expiry_log = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400);
         }
-        let now = crate::files::stamps(&pair).await;
+        let now = crate::base::files::stamps(&pair).await;
         if now == last || now.iter().any(Option::is_none) {
             continue;
         }

@@ -187,7 +187,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     }
 }
 
-crate::io::forward_async_write!(Prefixed);
+crate::base::io::forward_async_write!(Prefixed);
 
 #[cfg(test)]
 mod tests {

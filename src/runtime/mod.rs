@@ -2,18 +2,21 @@
 //! each route's pooled upstream client, the header policy, the redirect
 //! target. Immutable once built; a request takes one snapshot and keeps it.
 
+pub mod metrics;
+pub mod router;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
 
+use crate::base::cidr::any_contains;
 use crate::config::{Access, Config, ForwardedFor, OnDeny, TlsSettings, Upstream};
 use crate::policy::headers::HeaderPolicy;
-use crate::policy::ip::any_contains;
 use crate::policy::rate_limit::Limiter;
-use crate::proxy::upstream::{self, HttpClient};
-use crate::router::Router;
+use crate::runtime::router::Router;
+use crate::upstream::pool::{self, HttpClient};
 
 /// One route, ready to serve.
 pub struct RouteRt {
@@ -30,7 +33,7 @@ pub struct RouteRt {
     pub access: Access,
     /// `None` when the route has no rate limit (the default).
     pub limiter: Option<Limiter>,
-    pub metrics: Arc<crate::metrics::RouteMetrics>,
+    pub metrics: Arc<crate::runtime::metrics::RouteMetrics>,
     /// Every server; one for most routes. Shared with the runtime before a
     /// reload when the route keeps the server, so its balancing and health
     /// state survive the reload (issue 12).
@@ -76,7 +79,7 @@ impl Runtime {
     pub fn build(
         config: Config,
         bound_https_port: Option<u16>,
-        metrics: &crate::metrics::Metrics,
+        metrics: &crate::runtime::metrics::Metrics,
         previous: Option<&Runtime>,
     ) -> Runtime {
         let routes = config
@@ -92,7 +95,7 @@ impl Runtime {
                 let rt = RouteRt {
                     path: r.path.clone(),
                     upstream: r.upstream.clone(),
-                    client: upstream::client(r.connect_timeout),
+                    client: pool::client(r.connect_timeout),
                     connect_timeout: r.connect_timeout,
                     forwarded_prefix: r.forwarded_prefix.clone(),
                     websocket_timeout: r.websocket_timeout,
@@ -206,7 +209,7 @@ pub async fn check_health(route: Arc<RouteRt>) {
             let uri = format!("http://{}{}", server.authority, hc.path);
             let Ok(req) = http::Request::get(uri)
                 .header(http::header::HOST, server.authority.as_str())
-                .body(crate::body::UpstreamBody::empty())
+                .body(crate::upstream::body::UpstreamBody::empty())
             else {
                 continue;
             };

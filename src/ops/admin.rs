@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::state::Shared;
+use crate::ops::state::Shared;
 
 /// A request for the serving loop, which owns the server.
 pub enum Command {
@@ -32,7 +32,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, commands: mpsc::S
             Err(e) => {
                 // Out of file descriptors and the like: back off as the main
                 // listener does instead of spinning on the error.
-                static FAILED: crate::log_limit::Limit = crate::log_limit::Limit::new();
+                static FAILED: crate::base::log_limit::Limit = crate::base::log_limit::Limit::new();
                 if let Some(suppressed) = FAILED.allow() {
                     tracing::warn!(suppressed, "metrics listener: accept failed: {e}");
                 }
@@ -115,7 +115,7 @@ async fn answer(
             }
         }
         (&Method::POST, "/reload") => {
-            if !crate::policy::ip::canonical(peer.ip()).is_loopback() {
+            if !crate::base::cidr::canonical(peer.ip()).is_loopback() {
                 return Ok(text(
                     StatusCode::FORBIDDEN,
                     "reload is allowed from loopback only\n",
@@ -173,18 +173,18 @@ pub fn render(shared: &Shared) -> String {
             "gatehouse_access_log_dropped_total",
             "Access log lines dropped because stdout could not keep up.",
             String::new(),
-            crate::access_log::DROPPED.load(Relaxed) as f64,
+            crate::proxy::access_log::DROPPED.load(Relaxed) as f64,
         ),
     ];
     if let Ok(info) =
-        crate::tls::inspect(&shared.certs.current(), crate::tls::CertSource::Ephemeral)
+        crate::certs::inspect(&shared.certs.current(), crate::certs::CertSource::Ephemeral)
     {
         for san in &info.sans {
             let name = san.split_once(':').map_or(san.as_str(), |(_, n)| n);
             extra.push((
                 "gatehouse_certificate_expiry_timestamp_seconds",
                 "When the served certificate expires (Unix time), per name.",
-                format!("{{name=\"{}\"}}", crate::metrics::esc(name)),
+                format!("{{name=\"{}\"}}", crate::runtime::metrics::esc(name)),
                 info.not_after_unix as f64,
             ));
         }

@@ -2,8 +2,8 @@
 
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::BoxError;
 use crate::proxy::response::ResponseBody;
+use crate::upstream::body::BoxError;
 
 /// Why a request could not be proxied. Causes are kept as sources, never
 /// formatted into strings, so the log line can print the whole chain.
@@ -179,9 +179,9 @@ p{line-height:1.5;margin:.5rem 0}
 </html>
 "#;
 
-impl From<crate::framing::Refusal> for ProxyError {
-    fn from(r: crate::framing::Refusal) -> Self {
-        use crate::framing::Refusal::*;
+impl From<crate::conn::framing::Refusal> for ProxyError {
+    fn from(r: crate::conn::framing::Refusal) -> Self {
+        use crate::conn::framing::Refusal::*;
         match r {
             Ambiguous => ProxyError::BadRequest("both Content-Length and Transfer-Encoding"),
             BadContentLength => ProxyError::BadRequest("invalid Content-Length"),

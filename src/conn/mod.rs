@@ -1,6 +1,9 @@
 //! Listening sockets and connections: bind, accept, TLS handshake, hand the
 //! connection to hyper, and drain gracefully on shutdown.
 
+pub mod framing;
+pub mod proxy_protocol;
+
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -16,11 +19,11 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
-use crate::framing::{ConnState, Phase};
-use crate::policy::ip;
-use crate::proxy_protocol::{self, Prefixed};
+use crate::base::cidr;
+use crate::conn::framing::{ConnState, Phase};
 use crate::runtime::Runtime;
 use http::HeaderValue;
+use proxy_protocol::Prefixed;
 
 /// What the connection layer needs of the running server: the
 /// configuration in service (limits, trusted peers), the TLS settings, the
@@ -31,14 +34,16 @@ pub struct Context {
     /// Swapped on reload (the ACME ALPN may change); a handshake loads it.
     pub tls: arc_swap::ArcSwap<rustls::ServerConfig>,
     pub conns: ConnCounts,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::runtime::metrics::Metrics>,
 }
 
 /// Where each request of a connection goes: the request pipeline above
 /// this layer, statically dispatched (no boxed future per request).
 pub trait Handler: Send + Sync + 'static {
     /// The response body the pipeline answers with.
-    type Body: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError> + Send + 'static;
+    type Body: http_body::Body<Data = bytes::Bytes, Error = crate::upstream::body::BoxError>
+        + Send
+        + 'static;
 
     fn handle(
         self: Arc<Self>,
@@ -61,7 +66,7 @@ pub struct Conn {
     pub trusted: bool,
     /// Refusals from the HTTP/1 reader, requests in flight and idle times
     /// (see `framing`).
-    pub state: Arc<crate::framing::ConnState>,
+    pub state: Arc<crate::conn::framing::ConnState>,
     pub ip: IpAddr,
     /// The client address rendered for `X-Real-IP`/`X-Forwarded-For`.
     pub client_ip: HeaderValue,
@@ -82,10 +87,10 @@ impl Conn {
         local: SocketAddr,
         tls: bool,
         trusted: bool,
-        state: Arc<crate::framing::ConnState>,
+        state: Arc<crate::conn::framing::ConnState>,
     ) -> Self {
         // An IPv4 client on a dual-stack socket shows as ::ffff:a.b.c.d.
-        let ip = crate::policy::ip::canonical(peer.ip());
+        let ip = crate::base::cidr::canonical(peer.ip());
         Conn {
             peer,
             local,
@@ -267,7 +272,7 @@ pub async fn accept_loop<H: Handler>(
             Err(e) => {
                 // Out of file descriptors and the like: back off briefly
                 // rather than spin, and keep serving.
-                static FAILED: crate::log_limit::Limit = crate::log_limit::Limit::new();
+                static FAILED: crate::base::log_limit::Limit = crate::base::log_limit::Limit::new();
                 if let Some(suppressed) = FAILED.allow() {
                     tracing::warn!(%local, suppressed, "accept failed: {e}");
                 }
@@ -323,12 +328,13 @@ async fn admit(
     let rt = shared.runtime.load();
     let settings = &rt.config.listener;
     let trusted = &rt.config.trusted_proxies;
-    let peer_trusted = ip::any_contains(trusted, peer.ip());
+    let peer_trusted = cidr::any_contains(trusted, peer.ip());
     // A trusted proxy carries many clients on its connections: it is not
     // held to the per-address limit (the clients behind it are, when a
     // PROXY header names them). Anyone else is counted before a byte of
     // theirs is read (issue 10 points 5 and 11).
-    if !peer_trusted && !slot.claim_ip(ip::canonical(peer.ip()), settings.max_connections_per_ip) {
+    if !peer_trusted && !slot.claim_ip(cidr::canonical(peer.ip()), settings.max_connections_per_ip)
+    {
         tracing::debug!(%peer, "per-address connection limit reached; closing");
         return None;
     }
@@ -344,7 +350,10 @@ async fn admit(
             Ok(Ok(proxy_protocol::Header::Proxy(source, rest))) => {
                 client = source.unwrap_or(peer);
                 if client != peer
-                    && !slot.claim_ip(ip::canonical(client.ip()), settings.max_connections_per_ip)
+                    && !slot.claim_ip(
+                        cidr::canonical(client.ip()),
+                        settings.max_connections_per_ip,
+                    )
                 {
                     tracing::debug!(client = %client, "per-address connection limit reached; closing");
                     return None;
@@ -352,7 +361,8 @@ async fn admit(
                 Prefixed::new(rest, stream)
             }
             Ok(Err(e)) if e.kind() == io::ErrorKind::PermissionDenied => {
-                static REFUSED: crate::log_limit::Limit = crate::log_limit::Limit::new();
+                static REFUSED: crate::base::log_limit::Limit =
+                    crate::base::log_limit::Limit::new();
                 if let Some(suppressed) = REFUSED.allow() {
                     tracing::warn!(%peer, suppressed, "PROXY header from an untrusted peer; connection refused");
                 }
@@ -371,7 +381,7 @@ async fn admit(
         client,
         local,
         kind == Kind::Https,
-        ip::any_contains(trusted, client.ip()),
+        cidr::any_contains(trusted, client.ip()),
         state.clone(),
     );
     Some((io, Arc::new(conn)))
@@ -389,7 +399,7 @@ async fn idle_limit(state: &ConnState, header: Duration, keepalive: Duration, h2
     // connection per limit period instead of one per request.
     let step = header.min(keepalive).as_nanos() as u64;
     loop {
-        let now = crate::clock::now_nanos();
+        let now = crate::base::clock::now_nanos();
         let deadline = match state.phase() {
             Phase::Busy => now + step,
             Phase::First(t) | Phase::Idle(t) if h2 => t + keepalive.as_nanos() as u64,
@@ -441,7 +451,7 @@ async fn serve_tls<I, H: Handler>(
         }
     };
     let alpn = tls.get_ref().1.alpn_protocol();
-    if alpn == Some(crate::tls::ACME_TLS_ALPN) {
+    if alpn == Some(crate::certs::ACME_TLS_ALPN) {
         // A TLS-ALPN-01 validation: the handshake was the whole exchange
         // (RFC 8737 §3); no HTTP follows.
         return;
@@ -463,7 +473,7 @@ async fn serve_http1<I, H: Handler>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = shared.metrics.clone();
-    let _open = crate::metrics::Gauge::up(&metrics.open_http1);
+    let _open = crate::runtime::metrics::Gauge::up(&metrics.open_http1);
     let rt = shared.runtime.load_full();
     let (max_head, l) = (rt.config.max_header_bytes, &rt.config.listener);
     let peer = conn.peer;
@@ -479,14 +489,14 @@ async fn serve_http1<I, H: Handler>(
         // head; this bound only keeps hyper's buffer near it.
         .max_header_size(max_head + 4096)
         .max_buf_size(max_head.max(8192) + 8192);
-    let limits = crate::framing::Limits {
+    let limits = crate::conn::framing::Limits {
         max_head,
         max_uri: rt.config.max_uri_bytes,
     };
     let (header_timeout, keepalive) = (l.header_timeout, l.keepalive_timeout);
     drop(rt);
     let state = conn.state.clone();
-    let io = crate::framing::Inspect::new(io, state.clone(), limits);
+    let io = crate::conn::framing::Inspect::new(io, state.clone(), limits);
     let svc = service_fn(move |req| H::handle(handler.clone(), req, conn.clone()));
     let conn = builder
         .serve_connection(TokioIo::new(io), svc)
@@ -518,7 +528,7 @@ async fn serve_http2<I, H: Handler>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let metrics = shared.metrics.clone();
-    let _open = crate::metrics::Gauge::up(&metrics.open_http2);
+    let _open = crate::runtime::metrics::Gauge::up(&metrics.open_http2);
     let rt = shared.runtime.load_full();
     let (max_head, l) = (rt.config.max_header_bytes, &rt.config.listener);
     let peer = conn.peer;

@@ -1,0 +1,8 @@
+//! The command-line tools: the `gatehouse` command itself (`check`,
+//! `cert`, `reload`, `health`), the demo, `gatehouse external` and
+//! `gatehouse doctor`.
+
+pub mod cli;
+pub mod demo;
+pub mod doctor;
+pub mod external;

@@ -1,0 +1,5 @@
+//! Upstreams: the pooled HTTP/1.1 connections to each server (with name
+//! resolution) and the request body as it is sent to them.
+
+pub mod body;
+pub mod pool;
