@@ -93,7 +93,7 @@ async fn answer(
                 .router
                 .iter()
                 .filter(|(_, r)| unknown(r))
-                .map(|(_, r)| crate::runtime::probe_once(r.clone()))
+                .map(|(_, r)| crate::runtime::health::probe_once(r.clone()))
                 .collect();
             futures_util::future::join_all(probes).await;
             let waiting: Vec<String> = rt

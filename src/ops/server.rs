@@ -418,7 +418,7 @@ impl Server {
         for (_, route) in rt.router.iter() {
             if route.health_check.is_some() {
                 self.health
-                    .spawn(crate::runtime::check_health(route.clone()));
+                    .spawn(crate::runtime::health::check_health(route.clone()));
             }
         }
     }

@@ -81,8 +81,6 @@ impl Limiter {
     }
 }
 
-pub use crate::base::clock::now_nanos;
-
 /// IPv4 as itself; IPv6 by its /64.
 fn key_of(ip: IpAddr) -> u128 {
     match canonical(ip) {

@@ -1,540 +1,35 @@
-//! `gatehouse doctor URL` (issue 5): checks an installation from outside,
-//! the way a browser reaches it, and explains what is wrong in plain words.
-//!
-//! It runs the "Testing" list of the reverse-proxy guide (`/` loads the
-//! client, `/api` answers, `/admin` loads the admin panel, a WebSocket under
-//! `/admin` upgrades, all on one hostname) and diagnoses the guide's common
-//! issues: 502/503 and who answered them, WebSocket headers dropped by the
-//! proxy in front, TLS verification failing, paths stripped or rewritten,
-//! forwarding headers missing or not believed. With `--token`, every check
-//! also asks Gatehouse's diagnostic endpoint (see
-//! `proxy::diagnostics`) what actually arrived, which turns guesses into
-//! findings.
-//!
-//! Each request uses a connection of its own, so one broken check cannot
-//! disturb the next.
+//! The checks `gatehouse doctor` runs and how it reads their answers
+//! into findings.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use http::header;
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::{Method, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
-use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::client::{
+    accept_matches, close_websocket, nonce, read_report, url_escape, Exchange, Meta, OpenError,
+    Target,
+};
+use super::findings::{
+    Outcome, FIX_DIAGNOSTICS, FIX_FORWARDING, FIX_FRONT, FIX_HOST, FIX_HOSTNAME, FIX_PATH,
+    FIX_REDIRECT, FIX_ROUTE, FIX_TLS, FIX_UNREACHABLE, FIX_UPSTREAM, FIX_WEBSOCKET,
+};
+use super::{Options, PROBE};
 use crate::proxy::diagnostics::{self, Report};
 
-/// Where the probe requests go; nothing serves this path, so without the
-/// diagnostic endpoint it is an ordinary miss.
-const PROBE: &str = "/.well-known/gatehouse-doctor";
-
-/// Largest response body read for a check.
-const MAX_BODY: usize = 1 << 20;
-
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// The public address, e.g. `https://aliasvault.example.com`.
-    pub url: Uri,
-    /// Connect here instead of the URL's host (`HOST:PORT`), keeping the
-    /// URL's name for SNI and `Host`: test before DNS points at the server.
-    pub connect_to: Option<String>,
-    /// Extra trusted roots (PEM), e.g. Gatehouse's self-signed certificate.
-    pub ca: Vec<PathBuf>,
-    /// The diagnostic endpoint's token (`[diagnostics] token`).
-    pub token: Option<String>,
-    pub api: String,
-    pub admin: String,
-    pub timeout: Duration,
-}
-
-/// One line of the Testing list.
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    pub detail: String,
-}
-
-/// A diagnosed cause, with the fix.
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    /// Stable identifier: `tls-verify`, `unreachable`, `front-proxy-error`,
-    /// `upstream-unavailable`, `path-rewritten`, `websocket-headers`,
-    /// `websocket-failed`, `host-rewritten`, `moved`, `forwarding-headers`,
-    /// `untrusted-proxy`, `https-redirect`, `redirect-loop`, `hostname`,
-    /// `route-mismatch`, `unexpected-status`, `diagnostics-unavailable`.
-    pub id: &'static str,
-    pub path: Option<String>,
-    pub message: String,
-    pub fix: String,
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct Outcome {
-    pub url: String,
-    pub checks: Vec<Check>,
-    pub findings: Vec<Finding>,
-}
-
-impl Outcome {
-    pub fn ok(&self) -> bool {
-        self.findings.is_empty() && self.checks.iter().all(|c| c.ok)
-    }
-
-    fn has(&self, id: &str, path: Option<&str>) -> bool {
-        self.findings
-            .iter()
-            .any(|f| f.id == id && (path.is_none() || f.path.as_deref() == path))
-    }
-
-    fn find(&mut self, id: &'static str, path: Option<&str>, message: String, fix: &str) {
-        if !self.has(id, path) {
-            self.findings.push(Finding {
-                id,
-                path: path.map(str::to_string),
-                message,
-                fix: fix.to_string(),
-            });
-        }
-    }
-
-    fn check(&mut self, name: &str, ok: bool, detail: String) {
-        self.checks.push(Check {
-            name: name.to_string(),
-            ok,
-            detail,
-        });
-    }
-
-    /// The report for a terminal: checks, then numbered findings.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "gatehouse doctor {}", self.url);
-        for c in &self.checks {
-            let mark = if c.ok { "ok  " } else { "FAIL" };
-            let _ = writeln!(out, "  {mark} {:<22} {}", c.name, c.detail);
-        }
-        if self.findings.is_empty() {
-            let _ = writeln!(out, "\nNo problems found.");
-        } else {
-            let _ = writeln!(out, "\nProblems found:");
-            for (i, f) in self.findings.iter().enumerate() {
-                let at = f
-                    .path
-                    .as_deref()
-                    .map(|p| format!(" {p}:"))
-                    .unwrap_or_default();
-                let _ = writeln!(out, "{}. [{}]{at} {}", i + 1, f.id, f.message);
-                for line in f.fix.lines() {
-                    let _ = writeln!(out, "   {line}");
-                }
-            }
-        }
-        out
-    }
-}
-
-/// The answer to one request.
-struct Exchange {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-    /// The connection after a 101.
-    upgraded: Option<hyper::upgrade::Upgraded>,
-}
-
-/// What the doctor connects to and how.
-struct Target {
-    https: bool,
-    /// Name for SNI and certificate checks.
-    host: String,
-    /// `Host` header value (with the port when not the default).
-    authority: String,
-    connect: String,
-    verified: Arc<rustls::ClientConfig>,
-    unverified: Arc<rustls::ClientConfig>,
-    timeout: Duration,
-}
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
-/// A connection with what the doctor learned while opening it.
-struct Opened {
-    io: Box<dyn Io>,
-    local: SocketAddr,
-    /// SHA-256 of the certificate the server presented.
-    certificate: Option<String>,
-}
-
-impl Target {
-    fn new(opts: &Options) -> Result<Target, String> {
-        let https = match opts.url.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err("the URL must start with https:// or http://".into()),
-        };
-        let host = opts
-            .url
-            .host()
-            .ok_or("the URL has no host")?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let default_port = if https { 443 } else { 80 };
-        let port = opts.url.port_u16().unwrap_or(default_port);
-        let authority = opts
-            .url
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .ok_or("the URL has no host")?;
-        let connect = opts.connect_to.clone().unwrap_or_else(|| {
-            if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            }
-        });
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for path in &opts.ca {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let mut any = false;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                any = true;
-            }
-            if !any {
-                return Err(format!("{}: no certificate in the file", path.display()));
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verified = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let unverified = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-            .with_no_client_auth();
-        Ok(Target {
-            https,
-            host,
-            authority,
-            connect,
-            verified: Arc::new(verified),
-            unverified: Arc::new(unverified),
-            timeout: opts.timeout,
-        })
-    }
-
-    async fn open(&self, verify: bool) -> Result<Opened, OpenError> {
-        let tcp = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(&self.connect))
-            .await
-            .map_err(|_| OpenError::Connect(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| OpenError::Connect(e.to_string()))?;
-        let local = tcp
-            .local_addr()
-            .map_err(|e| OpenError::Connect(e.to_string()))?;
-        let _ = tcp.set_nodelay(true);
-        if !self.https {
-            return Ok(Opened {
-                io: Box::new(tcp),
-                local,
-                certificate: None,
-            });
-        }
-        let config = if verify {
-            self.verified.clone()
-        } else {
-            self.unverified.clone()
-        };
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|e| OpenError::Connect(format!("{}: {e}", self.host)))?;
-        let tls = tokio::time::timeout(
-            self.timeout,
-            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
-        )
-        .await
-        .map_err(|_| OpenError::Connect("the TLS handshake did not finish".into()))?
-        .map_err(|e| {
-            let verify_failed = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-            if verify_failed {
-                OpenError::Verify(e.to_string())
-            } else {
-                OpenError::Connect(format!("TLS handshake failed: {e}"))
-            }
-        })?;
-        let certificate = tls
-            .get_ref()
-            .1
-            .peer_certificates()
-            .and_then(|c| c.first())
-            .map(|c| crate::certs::fingerprint(c.as_ref()));
-        Ok(Opened {
-            io: Box::new(tls),
-            local,
-            certificate,
-        })
-    }
-
-    /// One HTTP/1.1 request on a new connection.
-    async fn send(
-        &self,
-        verify: bool,
-        method: Method,
-        target: &str,
-        headers: &[(&str, &str)],
-    ) -> Result<(Exchange, Meta), String> {
-        let opened = self.open(verify).await.map_err(|e| e.to_string())?;
-        let meta = Meta {
-            local: opened.local,
-            certificate: opened.certificate,
-        };
-        let io = TokioIo::new(opened.io);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(target)
-            .header(header::HOST, &self.authority)
-            .header(
-                header::USER_AGENT,
-                concat!("gatehouse-doctor/", env!("CARGO_PKG_VERSION")),
-            );
-        if method == Method::POST {
-            req = req.header(header::CONTENT_LENGTH, "0");
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("{target}: {e}"))?;
-        let res = tokio::time::timeout(self.timeout, sender.send_request(req))
-            .await
-            .map_err(|_| format!("no response within {:?}", self.timeout))?
-            .map_err(|e| format!("{}", crate::base::error_chain::ErrorChain(&e)))?;
-        let status = res.status();
-        let headers = res.headers().clone();
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            let upgraded = tokio::time::timeout(self.timeout, hyper::upgrade::on(res))
-                .await
-                .map_err(|_| "the upgrade did not complete".to_string())?
-                .map_err(|e| e.to_string())?;
-            let exchange = Exchange {
-                status,
-                headers,
-                body: Bytes::new(),
-                upgraded: Some(upgraded),
-            };
-            return Ok((exchange, meta));
-        }
-        let body = tokio::time::timeout(
-            self.timeout,
-            Limited::new(res.into_body(), MAX_BODY).collect(),
-        )
-        .await
-        .map_err(|_| "the response body did not arrive in time".to_string())?
-        .map_err(|e| format!("reading the response body: {e}"))?
-        .to_bytes();
-        let exchange = Exchange {
-            status,
-            headers,
-            body,
-            upgraded: None,
-        };
-        Ok((exchange, meta))
-    }
-}
-
-/// What the doctor learned about a connection it opened.
-struct Meta {
-    local: SocketAddr,
-    certificate: Option<String>,
-}
-
-#[derive(Debug)]
-enum OpenError {
-    Connect(String),
-    Verify(String),
-}
-
-impl std::fmt::Display for OpenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OpenError::Connect(e) | OpenError::Verify(e) => f.write_str(e),
-        }
-    }
-}
-
-/// Accepts any certificate but still checks the handshake signatures, so
-/// the remaining checks can run after verification failed (reported).
-#[derive(Debug)]
-struct Unverified(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-const FIX_TLS: &str = "\
-If the certificate belongs to the proxy in front, give it one browsers trust (Let's Encrypt).
-If it is Gatehouse's self-signed certificate, turn on LETSENCRYPT_ENABLED or [acme], or pass
---ca certificates/ssl/cert.pem to this command to check everything else. A proxy or Cloudflare
-Tunnel that connects to Gatehouse must trust that certificate too: `gatehouse external KIND`
-prints how (Cloudflare Tunnel: originRequest noTLSVerify, or the certificate as caPool).";
-
-const FIX_UNREACHABLE: &str = "\
-Check that the name resolves to the server (or use --connect-to HOST:PORT), that the port is
-open in the firewall, and that Gatehouse or the proxy in front is running and listening there.";
-
-const FIX_FRONT: &str = "\
-Point the proxy in front at Gatehouse (its HTTP or HTTPS port), not at the client, api or admin
-container. When it connects to Gatehouse over HTTPS it must accept Gatehouse's certificate
-(self-signed unless you configured one). `gatehouse external KIND --host H --to URL` prints a
-working configuration.";
-
-const FIX_UPSTREAM: &str = "\
-Start the service behind that route (for AliasVault: `docker compose ps`, then the logs of the
-client, api or admin container) or correct the route's upstream address in gatehouse.toml.";
-
-const FIX_PATH: &str = "\
-Do not strip or rewrite paths: /, /api and /admin must reach Gatehouse as they are.
-nginx: `proxy_pass https://gatehouse:443;` with no URI part (no trailing slash or path) in
-`location /`. Apache: `ProxyPass / https://gatehouse:443/` for the whole site, not per path.
-Traefik: no StripPrefix middleware. Caddy: `reverse_proxy`, not `handle_path`.";
-
-const FIX_WEBSOCKET: &str = "\
-Pass the WebSocket upgrade through (the admin panel is Blazor Server and needs it).
-nginx: `proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade;
-proxy_set_header Connection $connection_upgrade;` with `map $http_upgrade $connection_upgrade
-{ default upgrade; '' close; }`. Apache 2.4.47+: `ProxyPass / https://gatehouse/ upgrade=websocket`.
-Caddy, Traefik and HAProxy pass upgrades by default; Cloudflare: WebSockets on in the dashboard.";
-
-const FIX_HOST: &str = "\
-Forward the Host the browser used: nginx `proxy_set_header Host $host;`, Apache
-`ProxyPreserveHost On`, HAProxy and Caddy keep it unless told otherwise.";
-
-const FIX_FORWARDING: &str = "\
-Have the proxy in front send the client's address and scheme: nginx `proxy_set_header
-X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Forwarded-Proto $scheme;`
-(Apache, Caddy, Traefik and HAProxy with `option forwardfor` send them).";
-
-const FIX_REDIRECT: &str = "\
-Gatehouse redirects plain-HTTP requests to HTTPS. Either point the proxy in front at Gatehouse's
-HTTPS port, or let it send `X-Forwarded-Proto: https` from an address in TRUSTED_PROXIES, or set
-FORCE_HTTPS_REDIRECT=false when the proxy in front handles HTTPS.";
-
-const FIX_ROUTE: &str = "\
-Check the routes in gatehouse.toml (`gatehouse check` lists them). For /admin, the address
-Gatehouse sees for you must be in ADMIN_IP_ALLOWLIST; behind a proxy that needs TRUSTED_PROXIES.";
-
-const FIX_DIAGNOSTICS: &str = "\
-Turn the diagnostic endpoint on with the same token: `[diagnostics] token = \"...\"` in
-gatehouse.toml or GATEHOUSE_DIAGNOSTICS_TOKEN in .env, then reload Gatehouse.";
-
-const FIX_HOSTNAME: &str = "\
-All services must be available under the same hostname. Make the proxy in front forward every
-path of this host to Gatehouse, and set HOSTNAME to this name.";
-
-/// Runs every check against `opts.url`.
-pub async fn run(opts: &Options) -> Outcome {
-    let mut out = Outcome {
-        url: opts.url.to_string(),
-        ..Outcome::default()
-    };
-    let target = match Target::new(opts) {
-        Ok(t) => t,
-        Err(e) => {
-            out.check("connection", false, e.clone());
-            out.find("unreachable", None, e, FIX_UNREACHABLE);
-            return out;
-        }
-    };
-    let mut d = Doctor {
-        t: target,
-        opts,
-        out,
-        verify: true,
-        reports: Vec::new(),
-    };
-    if d.connection().await {
-        d.run_checks().await;
-    }
-    d.out
-}
-
-struct Doctor<'a> {
-    t: Target,
-    opts: &'a Options,
-    out: Outcome,
+pub(super) struct Doctor<'a> {
+    pub(super) t: Target,
+    pub(super) opts: &'a Options,
+    pub(super) out: Outcome,
     /// False once verification failed (reported): later checks go on.
-    verify: bool,
+    pub(super) verify: bool,
     /// The diagnostic report for each prefix that returned one.
-    reports: Vec<(String, Report)>,
+    pub(super) reports: Vec<(String, Report)>,
 }
 
 impl Doctor<'_> {
-    async fn connection(&mut self) -> bool {
+    pub(super) async fn connection(&mut self) -> bool {
         match self.t.open(true).await {
             Ok(o) => {
                 let detail = match &o.certificate {
@@ -586,7 +81,7 @@ impl Doctor<'_> {
         }
     }
 
-    async fn run_checks(&mut self) {
+    pub(super) async fn run_checks(&mut self) {
         let prefixes = [
             "/".to_string(),
             self.opts.api.clone(),
@@ -616,7 +111,7 @@ impl Doctor<'_> {
         self.websocket_app().await;
     }
 
-    fn report_for(&self, prefix: &str) -> Option<&Report> {
+    pub(super) fn report_for(&self, prefix: &str) -> Option<&Report> {
         self.reports
             .iter()
             .find(|(p, _)| p == prefix)
@@ -624,7 +119,7 @@ impl Doctor<'_> {
     }
 
     /// The prefix (`/`, `/api`, `/admin`) a path belongs to.
-    fn prefix_of(&self, path: &str) -> String {
+    pub(super) fn prefix_of(&self, path: &str) -> String {
         for p in [&self.opts.admin, &self.opts.api] {
             if path == p.as_str()
                 || path
@@ -637,7 +132,7 @@ impl Doctor<'_> {
         "/".to_string()
     }
 
-    fn probe_target(prefix: &str, extra: &str) -> String {
+    pub(super) fn probe_target(prefix: &str, extra: &str) -> String {
         format!(
             "{}{PROBE}?n={}{extra}",
             prefix.trim_end_matches('/'),
@@ -646,7 +141,7 @@ impl Doctor<'_> {
     }
 
     /// Asks the diagnostic endpoint what arrives for a path under `prefix`.
-    async fn probe(&mut self, prefix: &str, token: &str) -> bool {
+    pub(super) async fn probe(&mut self, prefix: &str, token: &str) -> bool {
         let sent = Self::probe_target(prefix, "");
         let headers = [
             (diagnostics::HEADER.as_str(), token),
@@ -692,7 +187,7 @@ impl Doctor<'_> {
         true
     }
 
-    fn analyze(&mut self, prefix: &str, sent: &str, r: &Report, meta: &Meta) {
+    pub(super) fn analyze(&mut self, prefix: &str, sent: &str, r: &Report, meta: &Meta) {
         let header = |name: &str| {
             r.headers
                 .iter()
@@ -825,7 +320,7 @@ impl Doctor<'_> {
     /// A WebSocket upgrade answered by the diagnostic endpoint under the
     /// admin prefix: proves the proxy in front passes upgrades, whatever
     /// the application does.
-    async fn websocket_probe(&mut self, token: &str) {
+    pub(super) async fn websocket_probe(&mut self, token: &str) {
         let admin = self.opts.admin.clone();
         let sent = Self::probe_target(&admin, "&ws=1");
         let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
@@ -900,7 +395,7 @@ impl Doctor<'_> {
 
     /// The application's own WebSocket: SignalR's negotiate, as Blazor
     /// Server does it, then the upgrade.
-    async fn websocket_app(&mut self) {
+    pub(super) async fn websocket_app(&mut self) {
         let admin = self.opts.admin.trim_end_matches('/').to_string();
         let negotiate = format!("{admin}/_blazor/negotiate?negotiateVersion=1");
         let mut target = format!("{admin}/_blazor");
@@ -997,7 +492,7 @@ impl Doctor<'_> {
     }
 
     /// GET a page, following redirects on the same host.
-    async fn page(&mut self, name: &str, path: &str) {
+    pub(super) async fn page(&mut self, name: &str, path: &str) {
         let mut url = path.to_string();
         let mut seen = vec![url.clone()];
         let prefix = self.prefix_of(path);
@@ -1138,7 +633,7 @@ impl Doctor<'_> {
 
     /// The path of `location` when it stays on this host, else the other
     /// address.
-    fn same_host_target(&self, location: &str, current: &str) -> Result<String, String> {
+    pub(super) fn same_host_target(&self, location: &str, current: &str) -> Result<String, String> {
         if location.starts_with('/') && !location.starts_with("//") {
             return Ok(location.to_string());
         }
@@ -1164,7 +659,7 @@ impl Doctor<'_> {
 
     /// `scheme://authority` names this host (perhaps another scheme or
     /// port: the HTTP-to-HTTPS redirect).
-    fn same_name(&self, other: &str) -> bool {
+    pub(super) fn same_name(&self, other: &str) -> bool {
         other
             .parse::<Uri>()
             .ok()
@@ -1179,7 +674,7 @@ impl Doctor<'_> {
     }
 
     /// A 502/503/504: says who answered it and why.
-    fn unavailable(&mut self, url: &str, ex: &Exchange) {
+    pub(super) fn unavailable(&mut self, url: &str, ex: &Exchange) {
         let prefix = self.prefix_of(url);
         let by_gatehouse = ex.status == StatusCode::SERVICE_UNAVAILABLE
             && ex
@@ -1247,62 +742,6 @@ impl Doctor<'_> {
     }
 }
 
-fn is_unavailable(s: StatusCode) -> bool {
+pub(super) fn is_unavailable(s: StatusCode) -> bool {
     matches!(s.as_u16(), 502..=504)
-}
-
-fn accept_matches(headers: &HeaderMap, key: &str) -> bool {
-    let want = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    headers
-        .get(header::SEC_WEBSOCKET_ACCEPT)
-        .is_some_and(|v| v.as_bytes() == want.as_bytes())
-}
-
-/// The first message on an upgraded connection, which must be text, then
-/// a normal close from this side (RFC 6455 §5.5.1, §7.4.1).
-async fn read_report<S>(io: S) -> Option<Vec<u8>>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-    use tokio_tungstenite::tungstenite::Message;
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_BODY));
-    let mut ws =
-        tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Client, Some(config)).await;
-    let first = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
-    let _ = ws.close(None).await;
-    match first {
-        Ok(Some(Ok(Message::Text(text)))) => Some(text.as_bytes().to_vec()),
-        _ => None,
-    }
-}
-
-/// Closes an upgraded connection as a WebSocket client does.
-async fn close_websocket<S>(io: S)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    use tokio_tungstenite::tungstenite::protocol::Role;
-    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Client, None).await;
-    let _ = ws.close(None).await;
-}
-
-fn nonce() -> String {
-    let mut b = [0u8; 8];
-    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// Percent-encodes a query value (RFC 3986 §2.3 unreserved kept).
-fn url_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
 }
