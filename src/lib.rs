@@ -6,13 +6,13 @@
 //!            any read) ─► PROXY header (trusted peers, refused at the
 //!            signature otherwise)
 //!        ─► TLS (ALPN h2 | http/1.1 | acme-tls/1)
-//!        ─► HTTP/1: framing.rs holds each head until complete and checks
+//!        ─► HTTP/1: conn/framing.rs holds each head until complete and checks
 //!            it (refusals become a stand-in request) ─► hyper
 //!           HTTP/2: hyper ─► proxy::handle; idle limits beside both
 //! handle():  rt = runtime snapshot (one per request); client = Client::of
 //!            (trusted X-Forwarded-For walk, request id); the request is
 //!            "busy" until its response body ends
-//!            refusal recorded by framing.rs             → 400/414/431/501/505/405
+//!            refusal recorded by framing                → 400/414/431/501/505/405
 //!   inner(): Host rules (RFC 9112 §3.2, RFC 9113 §8.3.1) → 400
 //!            TRACE → 405; OPTIONS * → 200; CONNECT → 405
 //!            Gatehouse-Diagnostics token (when configured) → report
@@ -45,9 +45,11 @@
 //!                 settings did not change
 //! ```
 //!
-//! Modules are in layers (primitives, configuration, policies, upstreams,
-//! runtime, certificates, connections, request pipeline, operations,
-//! tools); `tests/it/layers.rs` holds the order and checks every import.
+//! Modules are in layers, one folder each: `base` (primitives), `config`,
+//! `policy`, `upstream`, `runtime`, `certs`, `conn` (connections; requests
+//! go to a `conn::Handler`), `proxy` (the request pipeline, the handler),
+//! `ops` (plan, server, supervisor, admin), `tools` (the commands).
+//! `tests/it/layers.rs` holds the order and checks every import.
 
 // The layers, from the bottom; a module imports only from its own layer
 // or below (tests/it/layers.rs checks every import).
@@ -58,7 +60,7 @@ pub mod conn;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ops;
-pub mod policy;
+pub(crate) mod policy;
 pub mod proxy;
 pub mod runtime;
 pub mod tools;

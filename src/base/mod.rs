@@ -2,10 +2,10 @@
 //! helpers, log-line limits, file stamps, error chains, header names and
 //! CIDR ranges.
 
-pub mod cidr;
-pub mod clock;
-pub mod error_chain;
-pub mod files;
-pub mod header_names;
+pub(crate) mod cidr;
+pub(crate) mod clock;
+pub(crate) mod error_chain;
+pub(crate) mod files;
+pub(crate) mod header_names;
 pub(crate) mod io;
 pub mod log_limit;

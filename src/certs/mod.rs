@@ -4,7 +4,7 @@
 //! The served certificate sits behind a resolver with a swappable slot, so
 //! a renewed certificate can replace it without touching listeners.
 
-pub mod acme;
+pub(crate) mod acme;
 
 use std::fmt;
 use std::fs;

@@ -9,7 +9,7 @@ pub const EXIT_CONFIG: u8 = 2;
 
 pub mod env;
 pub mod error;
-pub mod file;
+pub(crate) mod file;
 pub mod model;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

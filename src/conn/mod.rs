@@ -1,7 +1,7 @@
 //! Listening sockets and connections: bind, accept, TLS handshake, hand the
 //! connection to hyper, and drain gracefully on shutdown.
 
-pub mod framing;
+pub(crate) mod framing;
 pub mod proxy_protocol;
 
 use std::collections::HashMap;

@@ -2,8 +2,8 @@
 //! server's lifecycle and state, the supervisor (signals, file watch,
 //! admin commands) and the admin listener (metrics, health, reload).
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod plan;
-pub mod server;
-pub mod state;
-pub mod supervisor;
+pub(crate) mod server;
+pub(crate) mod state;
+pub(crate) mod supervisor;

@@ -1,13 +1,13 @@
 //! The request pipeline: one function per phase, called in order by
 //! [`handle`]. See the crate documentation for the flow.
 
-pub mod access_log;
-pub mod compress;
-pub mod diagnostics;
-pub mod error;
+pub(crate) mod access_log;
+pub(crate) mod compress;
+pub(crate) mod diagnostics;
+pub(crate) mod error;
 pub mod forwarded;
-pub mod response;
-pub mod upgrade;
+pub(crate) mod response;
+pub(crate) mod upgrade;
 
 use std::convert::Infallible;
 use std::net::IpAddr;

@@ -2,8 +2,8 @@
 //! each route's pooled upstream client, the header policy, the redirect
 //! target. Immutable once built; a request takes one snapshot and keeps it.
 
-pub mod health;
-pub mod metrics;
+pub(crate) mod health;
+pub(crate) mod metrics;
 pub mod router;
 
 use std::path::PathBuf;

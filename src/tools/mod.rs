@@ -3,6 +3,6 @@
 //! `gatehouse doctor`.
 
 pub mod cli;
-pub mod demo;
+pub(crate) mod demo;
 pub mod doctor;
-pub mod external;
+pub(crate) mod external;

@@ -1,16 +1,17 @@
 //! Integration tests: the real proxy, real upstreams, real clients, all on
-//! ephemeral loopback ports. One binary so the crate links once.
+//! ephemeral loopback ports, in-process. One binary so the crate links once.
+//! The tests that drive outside programs (nginx, Apache, Caddy, HAProxy,
+//! Pebble, testssl.sh, slowhttptest, promtool, curl, Docker) are the
+//! `interop` binary.
 
+#[path = "../support/mod.rs"]
 mod support;
 
-mod acme;
-mod attacks;
 mod balance;
 mod certs;
 mod cli;
 mod compression;
-mod container;
-mod external;
+mod doctor;
 mod failures;
 mod forwarding;
 mod hardening;

@@ -232,35 +232,3 @@ async fn every_resolved_address_is_tried_in_turn() {
     let res = within(client.request(req)).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
-
-/// curl, an independent HTTP/2 and TLS implementation, sees the same thing.
-#[tokio::test]
-async fn curl_over_http2_with_the_generated_certificate() {
-    let api = fixed(200, "OK").await;
-    let px = Proxy::start(&routes(&[("/api", &api.url())])).await;
-    let port = px.https.port();
-    let out = within(
-        tokio::process::Command::new("curl")
-            .args(["-sS", "--http2", "-D", "-", "--cacert"])
-            .arg(px.cert_path())
-            .arg("--resolve")
-            .arg(format!("localhost:{port}:127.0.0.1"))
-            .arg(format!("https://localhost:{port}/api"))
-            .output(),
-    )
-    .await
-    .expect("curl is installed (scripts/test installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(text.starts_with("HTTP/2 200"), "{text}");
-    assert!(
-        text.contains("strict-transport-security: max-age=31536000"),
-        "{text}"
-    );
-    assert!(text.ends_with("OK"), "{text}");
-    px.stop().await;
-}

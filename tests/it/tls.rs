@@ -2,6 +2,9 @@
 //! the certbot webroot).
 
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use http::StatusCode;
 
@@ -274,6 +277,49 @@ async fn acme_challenges_are_served_from_the_certbot_webroot_only() {
         let out = raw(px.http, req.as_bytes()).await;
         assert!(out.starts_with("HTTP/1.1 404"), "{evil}: {out}");
         assert!(!out.contains("secret"), "{evil}");
+    }
+    px.stop().await;
+}
+
+#[tokio::test]
+async fn tls_sessions_resume() {
+    use rustls::client::Resumption;
+    let up = fixed(200, "OK").await;
+    let px = Proxy::start(&routes(&[("/", &up.url())])).await;
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls::pki_types::CertificateDer::pem_file_iter(px.cert_path()).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.resumption = Resumption::in_memory_sessions(16);
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = tokio::net::TcpStream::connect(px.https).await.unwrap();
+            let mut tls = within(connector.connect("localhost".try_into().unwrap(), tcp))
+                .await
+                .unwrap();
+            // TLS 1.3 tickets arrive after the handshake: read a response.
+            tls.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            let _ = within(tls.read_to_end(&mut out)).await;
+            kinds.push(tls.get_ref().1.handshake_kind());
+        }
+        assert_eq!(
+            kinds[1],
+            Some(rustls::HandshakeKind::Resumed),
+            "{version:?}: {kinds:?}"
+        );
     }
     px.stop().await;
 }

@@ -1,7 +1,11 @@
 //! Test harness: the real proxy in-process on 127.0.0.1:0, real upstream
 //! servers on 127.0.0.1:0, and real clients (hyper over TCP or rustls).
 
+// Shared by the two test binaries (the in-process suite and the one
+// driving outside programs); each uses a part of it.
 #![allow(dead_code)]
+
+pub mod apps;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -520,6 +524,10 @@ pub fn load(
         base_dir: dir.to_path_buf(),
     };
     config::load(&source, &Env::from_pairs(env.iter().copied()))
+}
+
+pub fn route(path: &str, upstream: &str, extra: &str) -> String {
+    format!("[[route]]\npath = \"{path}\"\nupstream = \"{upstream}\"\n{extra}\n")
 }
 
 /// A routes-only configuration pointing every AliasVault path at upstreams.
