@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Lines per second and call site.
 pub const PER_SECOND: u64 = 10;
 
-pub struct Limit {
+pub(crate) struct Limit {
     /// The current second (`clock::now_nanos` / 1e9) and lines in it, as
     /// `second << 16 | count`.
     window: AtomicU64,

@@ -212,7 +212,7 @@ fn generate(
 }
 
 /// The certbot-layout pair for `hostname` under `letsencrypt_dir`.
-pub fn live_paths(letsencrypt_dir: &Path, hostname: &str) -> (PathBuf, PathBuf) {
+pub(crate) fn live_paths(letsencrypt_dir: &Path, hostname: &str) -> (PathBuf, PathBuf) {
     let live = letsencrypt_dir.join("live").join(hostname);
     (live.join("fullchain.pem"), live.join("privkey.pem"))
 }
@@ -223,7 +223,7 @@ pub fn live_paths(letsencrypt_dir: &Path, hostname: &str) -> (PathBuf, PathBuf) 
 /// exist (first issuance pending) the `[tls]` certificate or its self-signed
 /// fallback is served, never a failed start. Blocking: file reads and key
 /// generation.
-pub fn plan_certs(cfg: &crate::config::Config) -> Result<CertPlan, ConfigError> {
+pub(crate) fn plan_certs(cfg: &crate::config::Config) -> Result<CertPlan, ConfigError> {
     let mut notes = Vec::new();
     let mut awaiting = None;
     let watch = if cfg.letsencrypt_enabled || cfg.acme.is_some() {
@@ -282,7 +282,11 @@ pub fn plan_certs(cfg: &crate::config::Config) -> Result<CertPlan, ConfigError> 
 }
 
 /// Reads and checks a PEM pair.
-pub fn load_pair(cert: &Path, key: &Path, source: CertSource) -> Result<Loaded, ConfigError> {
+pub(crate) fn load_pair(
+    cert: &Path,
+    key: &Path,
+    source: CertSource,
+) -> Result<Loaded, ConfigError> {
     let cert_pem = fs::read(cert).map_err(|e| ConfigError::io(cert, e))?;
     let key_pem = fs::read(key).map_err(|e| ConfigError::io(key, e))?;
     let ck = certified_key(&cert_pem, &key_pem, cert)?;
@@ -291,14 +295,14 @@ pub fn load_pair(cert: &Path, key: &Path, source: CertSource) -> Result<Loaded, 
 }
 
 /// How often watched certificate files are checked.
-pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub(crate) const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Serves renewed certificates without a restart (AliasVault #635: nginx
 /// kept the old one). Polls the pair's size and modification time; on a
 /// change the new pair is loaded and, if it parses and matches, swapped in
 /// for new connections. A half-written or mismatched pair is logged and the
 /// last good certificate stays. Logs the expiry once a day.
-pub async fn watch(
+pub(crate) async fn watch(
     resolver: Arc<CertResolver>,
     cert: PathBuf,
     key: PathBuf,
@@ -346,7 +350,7 @@ pub async fn watch(
     }
 }
 
-pub fn fingerprint_of(key: &CertifiedKey) -> String {
+pub(crate) fn fingerprint_of(key: &CertifiedKey) -> String {
     key.end_entity_cert()
         .map(|c| fingerprint(c.as_ref()))
         .unwrap_or_default()
@@ -354,21 +358,21 @@ pub fn fingerprint_of(key: &CertifiedKey) -> String {
 
 /// The daily expiry line (metrics carry the same as
 /// `gatehouse_certificate_expiry_timestamp_seconds`).
-pub fn log_expiry(resolver: &CertResolver) {
+pub(crate) fn log_expiry(resolver: &CertResolver) {
     if let Ok(info) = inspect(&resolver.current(), CertSource::Ephemeral) {
         let days = (info.not_after_unix - unix_now()) / 86_400;
         tracing::info!(fingerprint = %info.fingerprint, "certificate {} expires {} ({days} days)", info.sans.join(", "), info.not_after);
     }
 }
 
-pub fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// AliasVault's marker: the HOSTNAME the self-signed certificate was made for.
-pub fn marker_path(cert: &Path) -> PathBuf {
+pub(crate) fn marker_path(cert: &Path) -> PathBuf {
     cert.with_file_name(".hostname_marker")
 }
 
@@ -488,7 +492,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// Writes through a temporary file and a rename, so a reader never sees half
 /// a certificate, with the mode set before any byte is written.
-pub fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+pub(crate) fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir)?;
     }
@@ -513,7 +517,7 @@ pub fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
 }
 
 /// The ALPN protocol of TLS-ALPN-01 challenges (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// Hands rustls the current certificate; `set` swaps it for new handshakes
 /// while open connections keep theirs. During a TLS-ALPN-01 challenge a
@@ -572,7 +576,7 @@ impl ResolvesServerCert for CertResolver {
 /// The rustls server configuration: ring, TLS 1.2 and 1.3 only with rustls'
 /// AEAD-only suites, ALPN h2 then http/1.1, resumption by session cache and
 /// stateless tickets. rustls has no compression and no renegotiation.
-pub fn server_config(
+pub(crate) fn server_config(
     resolver: Arc<CertResolver>,
     acme_alpn: bool,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {

@@ -39,7 +39,7 @@ pub struct Context {
 
 /// Where each request of a connection goes: the request pipeline above
 /// this layer, statically dispatched (no boxed future per request).
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     /// The response body the pipeline answers with.
     type Body: http_body::Body<Data = bytes::Bytes, Error = crate::upstream::body::BoxError>
         + Send
@@ -58,9 +58,8 @@ pub trait Handler: Send + Sync + 'static {
 /// What is known about the client's connection, computed once per
 /// connection rather than per request.
 #[derive(Debug)]
-pub struct Conn {
+pub(crate) struct Conn {
     pub peer: SocketAddr,
-    pub local: SocketAddr,
     pub tls: bool,
     /// The peer is a trusted proxy.
     pub trusted: bool,
@@ -76,15 +75,10 @@ pub struct Conn {
 impl Conn {
     /// `peer` is the client as far as the connection knows (the PROXY
     /// header's source when there was one); `trusted` says whether it may
-    /// speak for others through `X-Forwarded-*`.
-    pub fn new(peer: SocketAddr, local: SocketAddr, tls: bool, trusted: bool) -> Self {
-        Self::with_state(peer, local, tls, trusted, Arc::default())
-    }
-
-    /// [`Conn::new`] with the connection's state made at accept.
+    /// speak for others through `X-Forwarded-*`; `state` is the
+    /// connection's, made at accept.
     pub fn with_state(
         peer: SocketAddr,
-        local: SocketAddr,
         tls: bool,
         trusted: bool,
         state: Arc<crate::conn::framing::ConnState>,
@@ -93,7 +87,6 @@ impl Conn {
         let ip = crate::base::cidr::canonical(peer.ip());
         Conn {
             peer,
-            local,
             tls,
             trusted,
             state,
@@ -123,7 +116,7 @@ pub enum Kind {
 
 /// Binds one listening socket. IPv6 sockets are IPv6-only so that the
 /// default `bind = ["0.0.0.0", "::"]` can hold both on one port.
-pub fn bind(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
+pub(crate) fn bind(ip: IpAddr, port: u16) -> io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(ip, port);
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
@@ -244,7 +237,7 @@ impl Slot {
 
 /// Accepts until `shutdown` turns true; every connection is spawned on
 /// `tracker` so shutdown can wait for them.
-pub async fn accept_loop<H: Handler>(
+pub(crate) async fn accept_loop<H: Handler>(
     listener: TcpListener,
     kind: Kind,
     shared: Arc<Context>,
@@ -293,7 +286,7 @@ pub async fn accept_loop<H: Handler>(
             };
             let serve = async {
                 if let Some((io, conn)) =
-                    admit(stream, peer, local, kind, &shared, &state, &mut slot).await
+                    admit(stream, peer, kind, &shared, &state, &mut slot).await
                 {
                     match kind {
                         Kind::Http => serve_http1(io, conn, shared.clone(), handler, shutdown).await,
@@ -319,7 +312,6 @@ pub async fn accept_loop<H: Handler>(
 async fn admit(
     mut stream: TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
     kind: Kind,
     shared: &Arc<Context>,
     state: &Arc<ConnState>,
@@ -379,7 +371,6 @@ async fn admit(
     };
     let conn = Conn::with_state(
         client,
-        local,
         kind == Kind::Https,
         cidr::any_contains(trusted, client.ip()),
         state.clone(),

@@ -16,7 +16,7 @@ const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 /// The longest header accepted: a v1 line is at most 107 bytes; a v2
 /// header is 16 bytes plus addresses (at most 216) and TLVs, which load
 /// balancers keep to a few hundred bytes.
-pub const MAX_HEADER: usize = 1024;
+pub(crate) const MAX_HEADER: usize = 1024;
 
 /// What the start of a connection held.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,7 +35,10 @@ pub enum Header {
 /// is refused as soon as the signature shows (`PermissionDenied`), before
 /// anything more is read or allocated for it. Reads go into one buffer
 /// (not a byte per system call); what follows the header is returned.
-pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R, trusted: bool) -> io::Result<Header> {
+pub(crate) async fn read_header<R: AsyncRead + Unpin>(
+    r: &mut R,
+    trusted: bool,
+) -> io::Result<Header> {
     let mut buf = Vec::with_capacity(256);
     fill(r, &mut buf, 5).await?;
     let v1 = buf.starts_with(b"PROXY");
@@ -141,7 +144,7 @@ fn parse_v2(ver_cmd: u8, family: u8, body: &[u8]) -> io::Result<Option<SocketAdd
 }
 
 /// A stream with already-read bytes put back in front.
-pub struct Prefixed<S> {
+pub(crate) struct Prefixed<S> {
     prefix: Vec<u8>,
     pos: usize,
     inner: S,
@@ -159,10 +162,6 @@ impl<S> Prefixed<S> {
     /// A stream with nothing to put back.
     pub fn plain(inner: S) -> Self {
         Self::new(Vec::new(), inner)
-    }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
     }
 }
 

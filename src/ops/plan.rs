@@ -55,7 +55,7 @@ pub fn plan(config: &Config) -> Result<Plan, ConfigError> {
 
 /// [`plan`] on the blocking pool, so a slow disk never stalls requests on
 /// the runtime (with `workers = 1` its only thread serves them).
-pub async fn plan_off_runtime(config: Config) -> Result<(Config, Plan), ConfigError> {
+pub(crate) async fn plan_off_runtime(config: Config) -> Result<(Config, Plan), ConfigError> {
     tokio::task::spawn_blocking(move || plan(&config).map(|p| (config, p)))
         .await
         .unwrap_or_else(|e| {
@@ -69,7 +69,7 @@ pub async fn plan_off_runtime(config: Config) -> Result<(Config, Plan), ConfigEr
 /// The settings of `new` that a running server started with `running`
 /// cannot apply: the worker threads exist and the metrics listener is bound
 /// for the life of the process. Each entry reads `key: old -> new`.
-pub fn restart_required(running: &Config, new: &Config) -> Vec<String> {
+pub(crate) fn restart_required(running: &Config, new: &Config) -> Vec<String> {
     let mut out = Vec::new();
     if running.workers != new.workers {
         out.push(format!("workers: {} -> {}", running.workers, new.workers));
@@ -86,10 +86,10 @@ pub fn restart_required(running: &Config, new: &Config) -> Vec<String> {
 }
 
 /// The settings only a restart applies, as `gatehouse check` lists them.
-pub const RESTART_ONLY: &str = "workers, [metrics] listen";
+pub(crate) const RESTART_ONLY: &str = "workers, [metrics] listen";
 
 /// The configuration's file, or what stands for it in messages.
-pub fn origin(config: &Config) -> String {
+pub(crate) fn origin(config: &Config) -> String {
     config
         .source
         .as_ref()

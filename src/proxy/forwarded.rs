@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-pub use crate::base::header_names::{
+pub(crate) use crate::base::header_names::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_PROTO,
     X_REAL_IP,
 };
@@ -159,7 +159,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, o: &Observed<'_>) {
 /// The port the client connected to as it sees it: the one in its Host, or
 /// the scheme's default. Behind Docker's port mapping this is the public
 /// port, which is what an app needs to build its own URLs (AliasVault #940).
-pub fn forwarded_port(host: &[u8], https: bool) -> HeaderValue {
+pub(crate) fn forwarded_port(host: &[u8], https: bool) -> HeaderValue {
     match split_port(host) {
         Some(port) if !port.is_empty() && port.iter().all(u8::is_ascii_digit) => {
             HeaderValue::from_bytes(port).unwrap_or_else(|_| HeaderValue::from_static("443"))
@@ -180,7 +180,7 @@ fn split_port(host: &[u8]) -> Option<&[u8]> {
 
 /// The host without its port: `example.com:8443` → `example.com`,
 /// `[::1]:8080` → `[::1]`.
-pub fn host_without_port(host: &str) -> &str {
+pub(crate) fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
         return match host.find(']') {
             Some(i) => &host[..=i],
@@ -195,7 +195,7 @@ pub fn host_without_port(host: &str) -> &str {
 
 /// HTTP/2 may split `Cookie` into several fields; HTTP/1.1 upstreams expect
 /// one, joined with "; " (RFC 9113 §8.2.3).
-pub fn join_cookies(headers: &mut HeaderMap) {
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
         return;
     }
@@ -215,7 +215,7 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 /// `https://HOST/...` when the request came over HTTPS: an app behind the
 /// proxy sees plain HTTP and would otherwise send the browser off TLS
 /// (nginx's `proxy_redirect http:// https://`, limited to our own host).
-pub fn rewrite_location(headers: &mut HeaderMap, request_host: &[u8]) {
+pub(crate) fn rewrite_location(headers: &mut HeaderMap, request_host: &[u8]) {
     let Some(loc) = headers.get(header::LOCATION) else {
         return;
     };

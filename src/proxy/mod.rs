@@ -22,21 +22,21 @@ use hyper::body::Incoming;
 use crate::base::error_chain::ErrorChain;
 use crate::config::OnDeny;
 use crate::conn::ip_header;
-pub use crate::conn::Conn;
+pub(crate) use crate::conn::Conn;
 use crate::proxy::error::ProxyError;
 use crate::runtime::{RouteRt, Runtime};
 use crate::upstream::body::{caused_by, BodyTooLarge, ClientBodyError, UpstreamBody};
 use response::ResponseBody;
 
-pub static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The reserved path of RFC 8555 §8.3 (HTTP-01 challenges).
-pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+pub(crate) const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// The client as this request sees it: the connection's peer, or, from a
 /// trusted proxy, the address and scheme that proxy reports.
 #[derive(Debug, Clone)]
-pub struct Client {
+pub(crate) struct Client {
     pub ip: IpAddr,
     /// `ip` rendered for `X-Real-IP`/`X-Forwarded-For`.
     pub ip_header: HeaderValue,
@@ -134,7 +134,7 @@ impl crate::conn::Handler for Context {
 /// Entry point for every request: runs the phases, turns a failure into its
 /// response (logged once here), and applies the security headers to
 /// whatever goes out.
-pub async fn handle(
+pub(crate) async fn handle(
     req: Request<Incoming>,
     conn: Arc<Conn>,
     shared: Arc<Context>,
@@ -257,7 +257,7 @@ pub async fn handle(
 }
 
 /// A failed request: the cause and the route it was on, for the log line.
-pub struct Failure {
+pub(crate) struct Failure {
     pub error: ProxyError,
     pub route: Option<Arc<RouteRt>>,
 }
@@ -402,7 +402,7 @@ fn check_host<B>(req: &Request<B>) -> Result<(), ProxyError> {
 
 /// `host [":" port]` as RFC 3986 §3.2.2 writes it: a reg-name (unreserved,
 /// percent-encoded, sub-delims), an IPv4 address, or a bracketed IP literal.
-pub fn valid_authority(b: &[u8]) -> bool {
+pub(crate) fn valid_authority(b: &[u8]) -> bool {
     if b.is_empty() || b.len() > 262 {
         return false;
     }
@@ -540,7 +540,7 @@ fn admit_body(req: &Request<Incoming>, route: &RouteRt) -> Result<(), ProxyError
 }
 
 /// The host the client addressed: `Host`, or `:authority` in HTTP/2.
-pub fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
     match req.headers().get(header::HOST) {
         Some(h) => Some(h.clone()),
         None => req
@@ -553,7 +553,7 @@ pub fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// Turns the client's request into the upstream's: same method, path and
 /// query byte for byte, the client's Host, hop-by-hop fields removed and the
 /// forwarding headers set. Runs once per proxied request.
-pub fn prepare_upstream(
+pub(crate) fn prepare_upstream(
     req: Request<Incoming>,
     route: &RouteRt,
     client: &Client,
@@ -569,7 +569,7 @@ pub fn prepare_upstream(
 }
 
 /// [`prepare_upstream`] for any body type.
-pub fn prepare_upstream_with<B>(
+pub(crate) fn prepare_upstream_with<B>(
     req: Request<B>,
     route: &RouteRt,
     client: &Client,
@@ -623,7 +623,7 @@ pub fn prepare_upstream_with<B>(
 /// Sends the request on the route's pool and waits for the response head
 /// within the route's `timeout`. An upstream 502/503/504 counts as a
 /// failure so the client sees the status page (AliasVault #1098).
-pub async fn send(
+pub(crate) async fn send(
     route: &RouteRt,
     req: Request<UpstreamBody>,
 ) -> Result<Response<Incoming>, ProxyError> {
@@ -692,7 +692,7 @@ pub async fn send(
 }
 
 /// How long a failed server is skipped (nginx's `fail_timeout=5s`).
-pub const FAIL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const FAIL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn is_idempotent(m: &Method) -> bool {
     matches!(
@@ -816,7 +816,7 @@ async fn after_body<F: std::future::Future>(
 
 /// Shapes the upstream's response for the client: hop-by-hop fields out,
 /// own-host `Location` kept on https, compression when it pays.
-pub fn finish_response(
+pub(crate) fn finish_response(
     res: Response<Incoming>,
     client: &Client,
     host: Option<&HeaderValue>,

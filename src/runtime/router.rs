@@ -70,10 +70,6 @@ impl<T> Router<T> {
 
 /// `/api` matches `/api`, `/api/` and `/api/x`, never `/apix`.
 /// A prefix ending in `/` (such as `/`) matches everything below it.
-pub fn matches_prefix(prefix: &str, path: &str) -> bool {
-    matches_prefix_with(prefix, path, false)
-}
-
 fn matches_prefix_with(prefix: &str, path: &str, case_insensitive: bool) -> bool {
     let (p, b) = (prefix.as_bytes(), path.as_bytes());
     if b.len() < p.len() {

@@ -14,7 +14,7 @@ use crate::runtime::Runtime;
 /// by default: /admin, /api and / behind one hostname).
 #[derive(Debug, Parser)]
 #[command(name = "gatehouse", version)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Configuration file. Default: gatehouse.toml in the working directory
     /// if present, else the built-in AliasVault layout.
     #[arg(long, global = true, value_name = "PATH")]
@@ -28,7 +28,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Validate the configuration and print the effective listeners, routes
     /// and certificate source. Exit 0 when valid, 2 otherwise.
     Check,
@@ -63,7 +63,7 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct DoctorArgs {
+pub(crate) struct DoctorArgs {
     /// The public address, e.g. https://aliasvault.example.com
     pub url: String,
     /// The diagnostic endpoint's token (`[diagnostics] token`); read from
@@ -92,7 +92,7 @@ pub struct DoctorArgs {
 }
 
 /// Exit status for configuration errors (file, line and key are printed).
-pub use crate::config::EXIT_CONFIG;
+pub(crate) use crate::config::EXIT_CONFIG;
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -166,7 +166,8 @@ fn doctor(cli: &Cli, args: &DoctorArgs) -> ExitCode {
 /// writes a WARN line per unsolicited PING ACK, issue 10 point 10): only
 /// their errors are shown unless `RUST_LOG` asks for more. Gatehouse's own
 /// peer-caused lines are limited per call site (`log_limit`).
-pub const DEFAULT_LOG_FILTER: &str = "info,h2=error,hyper=error,rustls=error,tokio_rustls=error";
+pub(crate) const DEFAULT_LOG_FILTER: &str =
+    "info,h2=error,hyper=error,rustls=error,tokio_rustls=error";
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
@@ -334,7 +335,7 @@ fn cert(cli: &Cli) -> ExitCode {
 /// What a server started from `cfg` serves (the files it reads; hot reload
 /// keeps the running process on them), with its renewal time when
 /// Gatehouse renews it.
-pub fn served_certificate(
+pub(crate) fn served_certificate(
     cfg: &Config,
 ) -> Result<Option<(certs::CertInfo, Option<i64>)>, config::ConfigError> {
     if cfg.letsencrypt_enabled || cfg.acme.is_some() {

@@ -18,7 +18,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// `caused_by::<BodyTooLarge>` in the request pipeline.
 #[derive(Debug, thiserror::Error)]
 #[error("request body exceeds the limit of {limit} bytes")]
-pub struct BodyTooLarge {
+pub(crate) struct BodyTooLarge {
     pub limit: u64,
 }
 
@@ -81,7 +81,7 @@ pub struct UpstreamBody {
 /// `client_body_timeout`: answered 408, never blamed on the upstream.
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent no body data for {0:?}")]
-pub struct ClientBodyTimeout(pub std::time::Duration);
+pub(crate) struct ClientBodyTimeout(pub std::time::Duration);
 
 impl UpstreamBody {
     pub fn new(
@@ -278,10 +278,12 @@ impl Body for UpstreamBody {
 /// not the upstream's.
 #[derive(Debug, thiserror::Error)]
 #[error("reading the request body failed")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
+pub(crate) struct ClientBodyError(#[source] pub hyper::Error);
 
 /// True when `err` or any of its causes is an `E`.
-pub fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+pub(crate) fn caused_by<E: std::error::Error + 'static>(
+    err: &(dyn std::error::Error + 'static),
+) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
         if e.is::<E>() {

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use crate::upstream::body::UpstreamBody;
 
 /// How long a resolved name is reused before it is looked up again.
-pub const DNS_TTL: Duration = Duration::from_secs(5);
+pub(crate) const DNS_TTL: Duration = Duration::from_secs(5);
 
 /// An idle connection unused for this long is not reused: the next
 /// checkout that comes across it drops it (nothing closes it before then;
@@ -46,7 +46,7 @@ const MAX_IDLE: usize = 1024;
 const MAX_STALE: usize = 3;
 
 /// Builds the pooled client of one route.
-pub fn client(connect_timeout: Duration) -> HttpClient {
+pub(crate) fn client(connect_timeout: Duration) -> HttpClient {
     client_with(Resolver::new(DNS_TTL), connect_timeout)
 }
 
