@@ -4,7 +4,7 @@
 
 pub(crate) mod cidr;
 pub(crate) mod clock;
-pub(crate) mod error_chain;
+pub mod error_chain;
 pub(crate) mod files;
 pub(crate) mod header_names;
 pub(crate) mod io;

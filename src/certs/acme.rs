@@ -51,7 +51,7 @@ pub enum AcmeError {
     #[error("cannot use a key made for a validation certificate")]
     ValidationKey(#[source] rustls::Error),
     #[error("the certificate the CA issued cannot be served")]
-    Issued(#[source] crate::config::ConfigError),
+    Issued(#[source] certs::CertError),
     #[error("eab_hmac_key is not base64url")]
     Eab(#[source] base64::DecodeError),
     #[error("ca_roots {path}")]
@@ -159,8 +159,7 @@ impl Manager {
             certs::load_pair(&cert, &key, CertSource::Acme(cert.clone()))
         })
         .await;
-        match read.unwrap_or_else(|e| Err(crate::config::ConfigError::other("ACME", e.to_string())))
-        {
+        match read.unwrap_or_else(|e| Err(certs::CertError::Stopped(e))) {
             Ok(l) => {
                 let names = self.names();
                 let covers = names

@@ -23,6 +23,76 @@ use rustls::ServerConfig;
 
 use crate::config::{ConfigError, TlsSettings};
 
+/// Why a certificate could not be read, made, written or used. The path
+/// (when there is one) is not part of the message: a [`ConfigError`] made
+/// from it puts the path first, as every configuration error does.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("cannot read")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot parse the {what} PEM")]
+    Pem {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("no certificate found in the PEM file")]
+    NoCertificate { path: PathBuf },
+    #[error("unsupported private key")]
+    UnsupportedKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("the private key does not match the certificate")]
+    KeyMismatch { path: PathBuf },
+    #[error("cannot generate a certificate")]
+    Generate(#[source] rcgen::Error),
+    #[error("the certificate has no leaf")]
+    Leaf(#[source] rustls::Error),
+    #[error("cannot parse the certificate")]
+    Parse(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    #[error("certificate file work on the blocking pool stopped")]
+    Stopped(#[source] tokio::task::JoinError),
+}
+
+impl CertError {
+    /// The file the error is about, when it is about one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            CertError::Read { path, .. }
+            | CertError::Write { path, .. }
+            | CertError::Pem { path, .. }
+            | CertError::NoCertificate { path }
+            | CertError::UnsupportedKey { path, .. }
+            | CertError::KeyMismatch { path } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// Where certificate errors meet configuration errors (check, start,
+/// reload): the file first, the certificate error as the cause.
+impl From<CertError> for ConfigError {
+    fn from(e: CertError) -> Self {
+        let origin = e
+            .path()
+            .map_or_else(|| "certificate".to_string(), |p| p.display().to_string());
+        ConfigError::caused(origin, "", e)
+    }
+}
+
 /// Where the served certificate came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CertSource {
@@ -96,7 +166,7 @@ pub enum Plan {
 /// another host and the existing certificate is self-signed. A certificate
 /// from a CA is never replaced for a missing marker. An existing pair that
 /// cannot be read or does not match is an error.
-pub fn plan(settings: &TlsSettings, hostname: &str) -> Result<Plan, ConfigError> {
+pub fn plan(settings: &TlsSettings, hostname: &str) -> Result<Plan, CertError> {
     let (cert_path, key_path) = match settings {
         TlsSettings::Ephemeral => return Ok(Plan::Generate("kept in memory")),
         TlsSettings::Files { cert, key, .. } => (cert, key),
@@ -104,8 +174,8 @@ pub fn plan(settings: &TlsSettings, hostname: &str) -> Result<Plan, ConfigError>
     if !cert_path.exists() || !key_path.exists() {
         return Ok(Plan::Generate("certificate or key file missing"));
     }
-    let cert_pem = fs::read(cert_path).map_err(|e| ConfigError::io(cert_path, e))?;
-    let key_pem = fs::read(key_path).map_err(|e| ConfigError::io(key_path, e))?;
+    let cert_pem = read(cert_path)?;
+    let key_pem = read(key_path)?;
     let key = certified_key(&cert_pem, &key_pem, cert_path)?;
     let info = inspect(&key, CertSource::File(cert_path.clone()))?;
     let marker_path = marker_path(cert_path);
@@ -162,7 +232,7 @@ impl CertPlan {
     /// Carries the plan out: writes a generated pair (key 0600, then the
     /// marker) and returns what to serve. Blocking file I/O: runs on the
     /// blocking pool.
-    pub fn commit(self) -> Result<Loaded, ConfigError> {
+    pub fn commit(self) -> Result<Loaded, CertError> {
         for note in &self.notes {
             tracing::warn!("{note}");
         }
@@ -178,7 +248,8 @@ impl CertPlan {
                 (f.key.clone(), f.key_pem.as_bytes(), 0o600),
                 (marker_path(&f.cert), marker.as_bytes(), 0o644),
             ] {
-                write_file(&path, data, mode).map_err(|e| ConfigError::write(&path, e))?;
+                write_file(&path, data, mode)
+                    .map_err(|source| CertError::Write { path, source })?;
             }
         }
         Ok(self.loaded)
@@ -190,7 +261,7 @@ fn generate(
     settings: &TlsSettings,
     hostname: &str,
     reason: &'static str,
-) -> Result<(Loaded, Generated), ConfigError> {
+) -> Result<(Loaded, Generated), CertError> {
     let (cert_pem, key_pem) = generate_self_signed(hostname)?;
     let (origin, source) = match settings {
         TlsSettings::Files { cert, .. } => (cert.as_path(), CertSource::Generated(cert.clone())),
@@ -223,7 +294,7 @@ pub(crate) fn live_paths(letsencrypt_dir: &Path, hostname: &str) -> (PathBuf, Pa
 /// exist (first issuance pending) the `[tls]` certificate or its self-signed
 /// fallback is served, never a failed start. Blocking: file reads and key
 /// generation.
-pub(crate) fn plan_certs(cfg: &crate::config::Config) -> Result<CertPlan, ConfigError> {
+pub(crate) fn plan_certs(cfg: &crate::config::Config) -> Result<CertPlan, CertError> {
     let mut notes = Vec::new();
     let mut awaiting = None;
     let watch = if cfg.letsencrypt_enabled || cfg.acme.is_some() {
@@ -247,7 +318,8 @@ pub(crate) fn plan_certs(cfg: &crate::config::Config) -> Result<CertPlan, Config
                 // ACME will replace a broken pair; plain certbot files are
                 // the user's, and a broken pair is their error to see.
                 Err(e) if cfg.acme.is_some() => notes.push(format!(
-                    "{e}; serving a fallback until ACME issues a new one"
+                    "{}; serving a fallback until ACME issues a new one",
+                    crate::base::error_chain::ErrorChain(&ConfigError::from(e))
                 )),
                 Err(e) => return Err(e),
             }
@@ -281,14 +353,17 @@ pub(crate) fn plan_certs(cfg: &crate::config::Config) -> Result<CertPlan, Config
     })
 }
 
+fn read(path: &Path) -> Result<Vec<u8>, CertError> {
+    fs::read(path).map_err(|source| CertError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// Reads and checks a PEM pair.
-pub(crate) fn load_pair(
-    cert: &Path,
-    key: &Path,
-    source: CertSource,
-) -> Result<Loaded, ConfigError> {
-    let cert_pem = fs::read(cert).map_err(|e| ConfigError::io(cert, e))?;
-    let key_pem = fs::read(key).map_err(|e| ConfigError::io(key, e))?;
+pub(crate) fn load_pair(cert: &Path, key: &Path, source: CertSource) -> Result<Loaded, CertError> {
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
     let ck = certified_key(&cert_pem, &key_pem, cert)?;
     let info = inspect(&ck, source)?;
     Ok(Loaded { key: ck, info })
@@ -344,7 +419,10 @@ pub(crate) async fn watch(
                 resolver
                     .rejected_reloads
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!("certificate change ignored, the previous one stays in service: {e}")
+                tracing::warn!(
+                    "certificate change ignored, the previous one stays in service: {}",
+                    crate::base::error_chain::ErrorChain(&ConfigError::from(e))
+                )
             }
         }
     }
@@ -381,8 +459,8 @@ pub(crate) fn marker_path(cert: &Path) -> PathBuf {
 /// apps reject an IP stored as a DNS name, AliasVault #1223) or a DNS entry
 /// otherwise, plus `localhost` and 127.0.0.1; valid 10 years. ECDSA P-256
 /// rather than RSA-2048: smaller, faster, accepted by every current client.
-pub fn generate_self_signed(hostname: &str) -> Result<(String, String), ConfigError> {
-    let fail = |e: rcgen::Error| ConfigError::other("certificate generation", e.to_string());
+pub fn generate_self_signed(hostname: &str) -> Result<(String, String), CertError> {
+    let fail = CertError::Generate;
     let mut sans: Vec<String> = vec![hostname.to_string()];
     for extra in ["localhost", "127.0.0.1"] {
         if !sans.iter().any(|s| s.eq_ignore_ascii_case(extra)) {
@@ -414,36 +492,42 @@ pub fn certified_key(
     cert_pem: &[u8],
     key_pem: &[u8],
     origin: &Path,
-) -> Result<Arc<CertifiedKey>, ConfigError> {
-    let bad = |msg: String| ConfigError::other(origin.display().to_string(), msg);
+) -> Result<Arc<CertifiedKey>, CertError> {
+    let path = || origin.to_path_buf();
+    let pem = |what| {
+        move |source| CertError::Pem {
+            path: path(),
+            what,
+            source,
+        }
+    };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| bad(format!("cannot parse the certificate PEM: {e}")))?;
+        .map_err(pem("certificate"))?;
     if chain.is_empty() {
-        return Err(bad("no certificate found in the PEM file".into()));
+        return Err(CertError::NoCertificate { path: path() });
     }
-    let key_der = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|e| bad(format!("cannot parse the private key PEM: {e}")))?;
-    let signing = provider::sign::any_supported_type(&key_der)
-        .map_err(|e| bad(format!("unsupported private key: {e}")))?;
+    let key_der = PrivateKeyDer::from_pem_slice(key_pem).map_err(pem("private key"))?;
+    let signing = provider::sign::any_supported_type(&key_der).map_err(|source| {
+        CertError::UnsupportedKey {
+            path: path(),
+            source,
+        }
+    })?;
     let ck = CertifiedKey::new(chain, signing);
     match ck.keys_match() {
         Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
             Ok(Arc::new(ck))
         }
-        Err(_) => Err(bad("the private key does not match the certificate".into())),
+        Err(_) => Err(CertError::KeyMismatch { path: path() }),
     }
 }
 
 /// Reads subject, SANs, expiry and fingerprint off the leaf certificate.
-pub fn inspect(key: &CertifiedKey, source: CertSource) -> Result<CertInfo, ConfigError> {
+pub fn inspect(key: &CertifiedKey, source: CertSource) -> Result<CertInfo, CertError> {
     use x509_parser::prelude::*;
-    let leaf = key
-        .end_entity_cert()
-        .map_err(|e| ConfigError::other("certificate", e.to_string()))?;
-    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| {
-        ConfigError::other("certificate", format!("cannot parse the certificate: {e}"))
-    })?;
+    let leaf = key.end_entity_cert().map_err(CertError::Leaf)?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(CertError::Parse)?;
     let sans = cert
         .subject_alternative_name()
         .ok()

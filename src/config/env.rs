@@ -174,6 +174,7 @@ impl super::ConfigError {
             key: Some(name.to_string()),
             msg: format!("invalid value {:?}: {}", value.value, msg.into()),
             snippet: None,
+            cause: None,
         }
     }
 }

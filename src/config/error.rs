@@ -6,19 +6,38 @@ use std::ops::Range;
 use std::path::Path;
 
 /// A configuration problem, rendered as `file:line:col: key: message`
-/// followed by the offending source line.
+/// followed by the offending source line. What went wrong underneath (a
+/// file that cannot be read, a certificate that does not parse) is kept
+/// whole as the error's `source()`, not formatted into the message; print
+/// it with `ErrorChain` to show both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// File path, `.env` path with line, or `environment`.
     pub origin: String,
     /// 1-based line and column when the error points into a file.
-    pub position: Option<(usize, usize)>,
+    /// (Files past four billion lines are not configurations.)
+    pub position: Option<(u32, u32)>,
     /// The key or variable at fault, when there is one.
     pub key: Option<String>,
     pub msg: String,
     /// The source line, shown under the message.
     pub snippet: Option<String>,
+    pub cause: Option<Cause>,
 }
+
+/// The error underneath a [`ConfigError`], shared so the error stays
+/// cheap to clone (and one pointer wide: configuration errors are
+/// returned everywhere); two are equal when they are the same error.
+#[derive(Debug, Clone)]
+pub struct Cause(std::sync::Arc<Box<dyn std::error::Error + Send + Sync>>);
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Cause {}
 
 impl ConfigError {
     /// An error at `span` (byte offsets) of the file `path` whose text is `src`.
@@ -32,10 +51,14 @@ impl ConfigError {
         let (line, col, text) = locate(src, span.start);
         ConfigError {
             origin: path.display().to_string(),
-            position: Some((line, col)),
+            position: Some((
+                u32::try_from(line).unwrap_or(u32::MAX),
+                u32::try_from(col).unwrap_or(u32::MAX),
+            )),
             key: (!key.is_empty()).then(|| key.to_string()),
             msg: msg.into(),
             snippet: Some(text.to_string()),
+            cause: None,
         }
     }
 
@@ -61,23 +84,18 @@ impl ConfigError {
 
     /// A file that could not be read.
     pub fn io(path: &Path, err: std::io::Error) -> Self {
-        ConfigError {
-            origin: path.display().to_string(),
-            position: None,
-            key: None,
-            msg: format!("cannot read: {err}"),
-            snippet: None,
-        }
+        ConfigError::caused(path.display().to_string(), "cannot read", err)
     }
 
-    /// A file that could not be written.
-    pub fn write(path: &Path, err: std::io::Error) -> Self {
+    /// `msg` at `origin`, because of `cause`.
+    pub fn caused(
+        origin: impl Into<String>,
+        msg: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
         ConfigError {
-            origin: path.display().to_string(),
-            position: None,
-            key: None,
-            msg: format!("cannot write: {err}"),
-            snippet: None,
+            cause: Some(Cause(std::sync::Arc::new(Box::new(cause)))),
+            ..ConfigError::other(origin, msg)
         }
     }
 
@@ -89,6 +107,7 @@ impl ConfigError {
             key: None,
             msg: msg.into(),
             snippet: None,
+            cause: None,
         }
     }
 }
@@ -109,19 +128,33 @@ impl fmt::Display for ConfigError {
         if let Some((line, col)) = self.position {
             write!(f, ":{line}:{col}")?;
         }
-        f.write_str(": ")?;
         if let Some(key) = &self.key {
-            write!(f, "{key}: ")?;
+            write!(f, ": {key}")?;
         }
-        f.write_str(&self.msg)?;
+        // A certificate error's message is its cause (`source()`), which
+        // `ErrorChain` prints after this.
+        if !self.msg.is_empty() {
+            write!(f, ": {}", self.msg)?;
+        }
         if let (Some(snippet), Some((_, col))) = (&self.snippet, self.position) {
-            write!(f, "\n    | {snippet}\n    | {:>width$}", "^", width = col)?;
+            write!(
+                f,
+                "\n    | {snippet}\n    | {:>width$}",
+                "^",
+                width = col as usize
+            )?;
         }
         Ok(())
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_ref()
+            .map(|c| &**c.0 as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,9 @@ use crate::ops::state::Shared;
 
 /// A request for the serving loop, which owns the server.
 pub enum Command {
-    Reload(oneshot::Sender<Result<u64, String>>),
+    /// Answered with the new generation, or why the reload was refused
+    /// (its whole chain of causes).
+    Reload(oneshot::Sender<Result<u64, Box<dyn std::error::Error + Send + Sync>>>),
 }
 
 /// Accepts until the task is aborted.
@@ -133,7 +135,10 @@ async fn answer(
                     StatusCode::OK,
                     format!("config reloaded (generation {generation})\n"),
                 ),
-                Ok(Err(e)) => text(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}\n")),
+                Ok(Err(e)) => text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("{}\n", crate::base::error_chain::ErrorChain(&*e)),
+                ),
                 Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "reload not handled\n"),
             }
         }

@@ -58,12 +58,7 @@ pub fn plan(config: &Config) -> Result<Plan, ConfigError> {
 pub(crate) async fn plan_off_runtime(config: Config) -> Result<(Config, Plan), ConfigError> {
     tokio::task::spawn_blocking(move || plan(&config).map(|p| (config, p)))
         .await
-        .unwrap_or_else(|e| {
-            Err(ConfigError::other(
-                "configuration",
-                format!("planning stopped: {e}"),
-            ))
-        })
+        .unwrap_or_else(|e| Err(ConfigError::caused("configuration", "planning stopped", e)))
 }
 
 /// The settings of `new` that a running server started with `running`

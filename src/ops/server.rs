@@ -27,12 +27,15 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     /// An address could not be bound: exit status 1.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
         #[source]
         source: io::Error,
     },
+    /// rustls refused the server configuration (a broken crypto provider).
+    #[error("cannot set up TLS")]
+    Tls(#[source] rustls::Error),
 }
 
 /// One bound listening socket and the switch that stops its accept loop.
@@ -114,19 +117,16 @@ fn bind_new(
 async fn commit_certs(certs: certs::CertPlan) -> Result<certs::Loaded, ConfigError> {
     tokio::task::spawn_blocking(move || certs.commit())
         .await
-        .unwrap_or_else(|e| {
-            Err(ConfigError::other(
-                "certificate",
-                format!("not written: {e}"),
-            ))
-        })
+        .map_err(certs::CertError::Stopped)
+        .and_then(|written| written)
+        .map_err(ConfigError::from)
 }
 
 fn tls_config(
     resolver: Arc<CertResolver>,
     acme_alpn: bool,
-) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
-    certs::server_config(resolver, acme_alpn).map_err(|e| ConfigError::other("TLS", e.to_string()))
+) -> Result<Arc<rustls::ServerConfig>, StartError> {
+    certs::server_config(resolver, acme_alpn).map_err(StartError::Tls)
 }
 
 impl Server {
@@ -326,7 +326,7 @@ impl Server {
     /// each server's health when their settings did not change. On any
     /// error nothing changes and the old configuration keeps serving.
     /// Returns the new generation.
-    pub async fn apply(&mut self, config: Config) -> Result<u64, ConfigError> {
+    pub async fn apply(&mut self, config: Config) -> Result<u64, StartError> {
         let result = self.apply_inner(config).await;
         if result.is_err() {
             self.shared
@@ -336,7 +336,7 @@ impl Server {
         result
     }
 
-    async fn apply_inner(&mut self, config: Config) -> Result<u64, ConfigError> {
+    async fn apply_inner(&mut self, config: Config) -> Result<u64, StartError> {
         let (config, plan) = plan::plan_off_runtime(config).await?;
         let tls_config = tls_config(self.shared.certs.clone(), plan.acme_alpn)?;
         let want = &plan.listeners;
@@ -356,8 +356,7 @@ impl Server {
             })
             .copied()
             .collect();
-        let bound = bind_new(&config, &missing)
-            .map_err(|e| ConfigError::other(plan::origin(&config), e.to_string()))?;
+        let bound = bind_new(&config, &missing)?;
         let watch_pair = plan.certs.watch.clone();
         // Written only now that every address is bound; on an error here
         // the new sockets are dropped with `bound`.

@@ -8,11 +8,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::config::EXIT_CONFIG;
-use crate::config::{self, ConfigError, Env, Source};
-use crate::ops::server::{Server, StartError};
 use std::process::ExitCode;
+
+use crate::base::error_chain::ErrorChain;
+use crate::config::{self, Config, ConfigError, Env, Source, EXIT_CONFIG};
+use crate::ops::server::{Server, StartError};
 
 /// Where a running server's configuration comes from.
 #[derive(Debug, Clone)]
@@ -44,7 +44,7 @@ pub async fn reload(
     server: &mut Server,
     origin: &Origin,
     trigger: &str,
-) -> Result<u64, ConfigError> {
+) -> Result<u64, StartError> {
     // File reads on the blocking pool: with `workers = 1` the runtime
     // thread is the only one serving requests (issue 12).
     let (env_file, source) = (origin.env_file.clone(), origin.source.clone());
@@ -52,12 +52,7 @@ pub async fn reload(
         Env::load(env_file.as_deref()).and_then(|env| config::load(&source, &env))
     })
     .await
-    .unwrap_or_else(|e| {
-        Err(ConfigError::other(
-            "configuration",
-            format!("not read: {e}"),
-        ))
-    });
+    .unwrap_or_else(|e| Err(ConfigError::caused("configuration", "not read", e)));
     let result = match loaded {
         Ok(cfg) => server.apply(cfg).await,
         Err(e) => {
@@ -65,12 +60,13 @@ pub async fn reload(
                 .shared
                 .reload_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Err(e)
+            Err(StartError::Config(e))
         }
     };
     if let Err(e) = &result {
         tracing::error!(
-            "reload ({trigger}) rejected, the previous configuration stays in service:\n{e}"
+            "reload ({trigger}) rejected, the previous configuration stays in service:\n{}",
+            ErrorChain(e)
         );
     }
     result
@@ -105,11 +101,11 @@ pub async fn serve_until_signal(
     let mut server = match Server::start(cfg).await {
         Ok(s) => s,
         Err(StartError::Config(e)) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::base::error_chain::ErrorChain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::base::error_chain::ErrorChain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -126,8 +122,8 @@ pub async fn serve_until_signal(
             Some(cmd) = next_command(&mut commands) => {
                 let crate::ops::admin::Command::Reload(reply) = cmd;
                 let result = match &origin {
-                    Some(o) => reload(&mut server, o, "gatehouse reload").await.map_err(|e| e.to_string()),
-                    None => Err("this process has no configuration file to reload".to_string()),
+                    Some(o) => reload(&mut server, o, "gatehouse reload").await.map_err(Into::into),
+                    None => Err("this process has no configuration file to reload".into()),
                 };
                 let _ = reply.send(result);
             }

@@ -4,6 +4,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::proxy::response::ResponseBody;
 use crate::upstream::body::BoxError;
+use crate::upstream::pool::UpstreamError;
 
 /// Why a request could not be proxied. Causes are kept as sources, never
 /// formatted into strings, so the log line can print the whole chain.
@@ -32,15 +33,27 @@ pub enum ProxyError {
     #[error("the client sent nothing of its body for {0:?}")]
     ClientTimeout(std::time::Duration),
     #[error("cannot connect to the upstream")]
-    UpstreamConnect(#[source] BoxError),
+    UpstreamConnect(#[source] UpstreamError),
     #[error("upstream did not answer within {0:?}")]
     UpstreamTimeout(std::time::Duration),
     #[error("upstream failed")]
-    UpstreamProtocol(#[source] BoxError),
+    UpstreamProtocol(#[source] UpstreamError),
     #[error("upstream answered {0}")]
     UpstreamStatus(StatusCode),
     #[error("upgrade failed")]
     Upgrade(#[source] BoxError),
+}
+
+/// Where upstream failures meet the request path: a failed connect is
+/// told apart from a failure on an established connection.
+impl From<UpstreamError> for ProxyError {
+    fn from(e: UpstreamError) -> Self {
+        if e.is_connect() {
+            ProxyError::UpstreamConnect(e)
+        } else {
+            ProxyError::UpstreamProtocol(e)
+        }
+    }
 }
 
 impl ProxyError {

@@ -761,11 +761,7 @@ async fn send_once(
             {
                 return Err(body_error(&e, route));
             }
-            return Err(if e.is_connect() {
-                ProxyError::UpstreamConnect(e.into())
-            } else {
-                ProxyError::UpstreamProtocol(e.into())
-            });
+            return Err(e.into());
         }
         Some(Ok(res)) => res,
     };
@@ -775,9 +771,7 @@ async fn send_once(
     // upstream.
     let h = res.headers();
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(ProxyError::UpstreamProtocol(
-            "response has both Content-Length and Transfer-Encoding".into(),
-        ));
+        return Err(crate::upstream::pool::UpstreamError::AmbiguousFraming.into());
     }
     match res.status() {
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {

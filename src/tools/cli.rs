@@ -192,7 +192,7 @@ fn run(cli: &Cli) -> ExitCode {
     let cfg = match load(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::base::error_chain::ErrorChain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -225,7 +225,7 @@ fn check(cli: &Cli) -> ExitCode {
     let cfg = match load(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::base::error_chain::ErrorChain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -233,7 +233,7 @@ fn check(cli: &Cli) -> ExitCode {
     let plan = match crate::ops::plan::plan(&cfg) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::base::error_chain::ErrorChain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -246,7 +246,7 @@ fn admin_request(cli: &Cli, method: http::Method, path: &str) -> ExitCode {
     let cfg = match load(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::base::error_chain::ErrorChain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -260,7 +260,7 @@ fn admin_request(cli: &Cli, method: http::Method, path: &str) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::base::error_chain::ErrorChain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -304,7 +304,7 @@ fn cert(cli: &Cli) -> ExitCode {
     let cfg = match load(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::base::error_chain::ErrorChain(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -326,7 +326,7 @@ fn cert(cli: &Cli) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", crate::base::error_chain::ErrorChain(&e));
             ExitCode::from(EXIT_CONFIG)
         }
     }

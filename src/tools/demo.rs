@@ -48,7 +48,7 @@ pub fn main(http_port: u16, https_port: u16) -> ExitCode {
         let mut cfg = match config::load(&source, &Env::empty()) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::base::error_chain::ErrorChain(&e));
                 return ExitCode::from(crate::config::EXIT_CONFIG);
             }
         };

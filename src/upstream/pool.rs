@@ -94,6 +94,10 @@ pub enum UpstreamError {
     Request(#[source] hyper::Error),
     #[error("the request has no upstream address")]
     NoAuthority,
+    /// The answer's framing is ambiguous (RFC 9112 §6.1): a confused or
+    /// hostile upstream, held to the rule clients are held to.
+    #[error("the response has both Content-Length and Transfer-Encoding")]
+    AmbiguousFraming,
 }
 
 impl UpstreamError {

@@ -151,7 +151,7 @@ async fn config_golden_cases() {
             .and_then(|cfg| gatehouse::ops::plan::plan(&cfg).map(|plan| (cfg, plan)))
         {
             Ok((cfg, plan)) => gatehouse::tools::cli::describe(&cfg, &plan),
-            Err(e) => format!("error: {e}\n"),
+            Err(e) => format!("error: {}\n", gatehouse::base::error_chain::ErrorChain(&e)),
         };
         // GATEHOUSE_BLESS=1 rewrites the expected outputs; review the diff.
         if std::env::var_os("GATEHOUSE_BLESS").is_some() {

@@ -20,11 +20,21 @@ async fn start_with(
     let toml = routes(&[("/", &up.url())]);
     let cfg = match load(dir.path(), &toml, env) {
         Ok(c) => c,
-        Err(e) => return Err((e.to_string(), dir)),
+        Err(e) => {
+            return Err((
+                gatehouse::base::error_chain::ErrorChain(&e).to_string(),
+                dir,
+            ))
+        }
     };
     let server = match within(gatehouse::Server::start(cfg)).await {
         Ok(s) => s,
-        Err(e) => return Err((e.to_string(), dir)),
+        Err(e) => {
+            return Err((
+                gatehouse::base::error_chain::ErrorChain(&e).to_string(),
+                dir,
+            ))
+        }
     };
     let (http, https) = (server.http_addrs[0], server.https_addrs[0]);
     Ok(Proxy {
