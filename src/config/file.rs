@@ -130,6 +130,7 @@ pub struct Route {
     pub upgrades: Option<Vec<Spanned<String>>>,
     pub case_insensitive: Option<bool>,
     pub allow_encoded_slash: Option<bool>,
+    pub admin_allowlist: Option<bool>,
     pub request_buffer: Option<Spanned<Size>>,
     pub client_body_timeout: Option<Spanned<String>>,
 }

@@ -109,6 +109,7 @@ upstream = "http://admin:3002"
 forwarded_prefix = "/admin/"
 websocket_timeout = "24h"
 case_insensitive = true
+admin_allowlist = true
 
 [[route]]
 path = "/api"
@@ -851,6 +852,7 @@ impl Builder<'_> {
             upgrades,
             case_insensitive: r.case_insensitive.unwrap_or(false),
             allow_encoded_slash: r.allow_encoded_slash.unwrap_or(false),
+            admin_allowlist: r.admin_allowlist.unwrap_or(false),
             request_buffer: match &r.request_buffer {
                 Some(v) => self.request_buffer(v)?,
                 None => defaults.request_buffer,
@@ -1033,16 +1035,27 @@ fn apply_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
         if let ipr::Allowlist::Only(ranges) = allow {
             if ranges == ipr::loopback_ranges() {
                 cfg.warnings.push(format!(
-                    "{}: ADMIN_IP_ALLOWLIST has no valid entry: /admin is denied to everyone but loopback",
+                    "{}: ADMIN_IP_ALLOWLIST has no valid entry: the admin route is denied to everyone but loopback",
                     v.origin
                 ));
             }
-            match cfg.routes.iter_mut().find(|r| r.path == "/admin") {
-                Some(route) => route.access.allow = ranges,
-                None => cfg.warnings.push(format!(
-                    "{}: ADMIN_IP_ALLOWLIST is set but there is no /admin route",
+            // The routes marked `admin_allowlist = true`; a file that marks
+            // none keeps AliasVault's meaning, the `/admin` route.
+            let marked = cfg.routes.iter().any(|r| r.admin_allowlist);
+            let mut applied = false;
+            for route in cfg
+                .routes
+                .iter_mut()
+                .filter(|r| r.admin_allowlist || (!marked && r.path == "/admin"))
+            {
+                route.access.allow = ranges.clone();
+                applied = true;
+            }
+            if !applied {
+                cfg.warnings.push(format!(
+                    "{}: ADMIN_IP_ALLOWLIST is set but no route has admin_allowlist = true (nor is there an /admin route)",
                     v.origin
-                )),
+                ));
             }
         }
     }
@@ -1276,6 +1289,48 @@ mod tests {
         assert_eq!((cfg.http_port, cfg.https_port), (80, 443));
         assert!(cfg.force_https_redirect);
         assert_eq!(cfg.routes[2].max_body, 100 << 20);
+    }
+
+    /// ADMIN_IP_ALLOWLIST guards the routes marked `admin_allowlist`, not
+    /// whatever is at `/admin` (issue 12); unmarked files keep `/admin`.
+    #[test]
+    fn admin_allowlist_follows_the_marked_route() {
+        let env = Env::from_pairs([("ADMIN_IP_ALLOWLIST", "198.51.100.0/24")]);
+        let text = |extra: &str| {
+            Source::Text {
+            name: "g.toml".into(),
+            text: format!(
+                "[[route]]\npath = \"/panel\"\nupstream = \"http://admin:3002\"\n{extra}\n[[route]]\npath = \"/admin\"\nupstream = \"http://other:1\"\n"
+            ),
+            base_dir: ".".into(),
+        }
+        };
+        let allow = |cfg: &Config, path: &str| {
+            let r = cfg.routes.iter().find(|r| r.path == path).unwrap();
+            r.access
+                .allow
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+        };
+        let marked = load(&text("admin_allowlist = true"), &env).unwrap();
+        assert_eq!(
+            allow(&marked, "/panel"),
+            ["127.0.0.0/8", "::1/128", "198.51.100.0/24"]
+        );
+        assert!(allow(&marked, "/admin").is_empty());
+        let unmarked = load(&text(""), &env).unwrap();
+        assert!(allow(&unmarked, "/panel").is_empty());
+        assert_eq!(
+            allow(&unmarked, "/admin"),
+            ["127.0.0.0/8", "::1/128", "198.51.100.0/24"]
+        );
+        let builtin = load(&Source::BuiltIn, &env).unwrap();
+        assert!(builtin.routes[0].admin_allowlist);
+        assert_eq!(
+            allow(&builtin, "/admin"),
+            ["127.0.0.0/8", "::1/128", "198.51.100.0/24"]
+        );
     }
 
     #[test]

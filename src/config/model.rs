@@ -215,6 +215,9 @@ pub struct Route {
     /// Serve targets with `%2F` inside a segment (their normal form cannot
     /// be decided, so by default they are refused).
     pub allow_encoded_slash: bool,
+    /// `ADMIN_IP_ALLOWLIST` restricts this route (AliasVault's admin
+    /// panel; the `/admin` route when no route says so).
+    pub admin_allowlist: bool,
     /// Bodies up to this size are read whole before the upstream is asked.
     pub request_buffer: u64,
     /// Longest wait between two reads of a request body (408 after it).
