@@ -191,6 +191,20 @@ impl Builder<'_> {
         }
     }
 
+    /// A setting that names one of a few `words` (the first is the
+    /// default when it is absent).
+    fn choice<T: Copy>(
+        &self,
+        v: Option<&Spanned<String>>,
+        key: &str,
+        words: &[(&str, T)],
+    ) -> Result<T, ConfigError> {
+        match v {
+            None => Ok(words[0].1),
+            Some(v) => word(v.get_ref(), words).map_err(|m| self.err(v.span(), key, m)),
+        }
+    }
+
     fn port(&self, v: &Spanned<i64>, key: &str) -> Result<u16, ConfigError> {
         u16::try_from(*v.get_ref())
             .map_err(|_| self.err(v.span(), key, "expected a port number from 0 to 65535"))
@@ -342,21 +356,7 @@ impl Builder<'_> {
         };
         let letsencrypt_dir = get(&t.letsencrypt, "certificates/letsencrypt");
         let acme = f.acme.map(|a| self.acme(a)).transpose()?;
-        let log_format = match &f.log_format {
-            None => model::LogFormat::Combined,
-            Some(v) => match v.get_ref().as_str() {
-                "combined" => model::LogFormat::Combined,
-                "json" => model::LogFormat::Json,
-                "off" => model::LogFormat::Off,
-                _ => {
-                    return Err(self.err(
-                        v.span(),
-                        "log_format",
-                        "expected \"json\", \"combined\" or \"off\"",
-                    ))
-                }
-            },
-        };
+        let log_format = self.choice(f.log_format.as_ref(), "log_format", LOG_FORMATS)?;
         let m = f.metrics.unwrap_or_default();
         let metrics = match (m.enabled.unwrap_or(true), &m.listen) {
             (false, _) => None,
@@ -470,7 +470,7 @@ impl Builder<'_> {
         let challenge = match &a.challenge {
             None => Challenge::Http01,
             Some(v) => {
-                acme_challenge(v.get_ref()).map_err(|m| self.err(v.span(), "challenge", m))?
+                word(v.get_ref(), CHALLENGES).map_err(|m| self.err(v.span(), "challenge", m))?
             }
         };
         let mut extra_names = Vec::new();
@@ -702,20 +702,7 @@ impl Builder<'_> {
                 })
             }
         };
-        let balance = match balance_spec {
-            None => model::Balance::RoundRobin,
-            Some(v) => match v.get_ref().as_str() {
-                "round_robin" => model::Balance::RoundRobin,
-                "least_outstanding" => model::Balance::LeastOutstanding,
-                _ => {
-                    return Err(self.err(
-                        v.span(),
-                        "balance",
-                        "expected \"round_robin\" or \"least_outstanding\"",
-                    ))
-                }
-            },
-        };
+        let balance = self.choice(balance_spec, "balance", BALANCES)?;
         let forwarded_prefix =
             match &r.forwarded_prefix {
                 Some(v) => Some(HeaderValue::from_str(v.get_ref()).map_err(|_| {
@@ -731,20 +718,8 @@ impl Builder<'_> {
             Some(v) => parse_size(v.get_ref()).map_err(|m| self.err(v.span(), "max_body", m))?,
             None => defaults.max_body,
         };
-        let forwarded_for = match &r.forwarded_for {
-            None => ForwardedFor::Replace,
-            Some(v) => match v.get_ref().as_str() {
-                "replace" => ForwardedFor::Replace,
-                "append" => ForwardedFor::Append,
-                _ => {
-                    return Err(self.err(
-                        v.span(),
-                        "forwarded_for",
-                        "expected \"replace\" or \"append\"",
-                    ))
-                }
-            },
-        };
+        let forwarded_for =
+            self.choice(r.forwarded_for.as_ref(), "forwarded_for", FORWARDED_FOR)?;
         let rate_limit = match &r.rate_limit {
             None => None,
             Some(v) => {
@@ -811,20 +786,7 @@ impl Builder<'_> {
                 .map(|l| self.cidrs(l, "deny"))
                 .transpose()?
                 .unwrap_or_default(),
-            on_deny: match &r.on_deny {
-                None => OnDeny::Fallthrough,
-                Some(v) => match v.get_ref().as_str() {
-                    "fallthrough" => OnDeny::Fallthrough,
-                    "forbidden" => OnDeny::Forbidden,
-                    _ => {
-                        return Err(self.err(
-                            v.span(),
-                            "on_deny",
-                            "expected \"fallthrough\" or \"forbidden\"",
-                        ))
-                    }
-                },
-            },
+            on_deny: self.choice(r.on_deny.as_ref(), "on_deny", ON_DENY)?,
         };
         Ok(Route {
             path: path.clone(),
@@ -878,12 +840,42 @@ fn acme_directory(v: &str) -> Result<String, &'static str> {
     }
 }
 
+/// The words of each setting that names one of a few choices; the first
+/// is the default.
+const LOG_FORMATS: &[(&str, model::LogFormat)] = &[
+    ("combined", model::LogFormat::Combined),
+    ("json", model::LogFormat::Json),
+    ("off", model::LogFormat::Off),
+];
+const BALANCES: &[(&str, model::Balance)] = &[
+    ("round_robin", model::Balance::RoundRobin),
+    ("least_outstanding", model::Balance::LeastOutstanding),
+];
+const FORWARDED_FOR: &[(&str, ForwardedFor)] = &[
+    ("replace", ForwardedFor::Replace),
+    ("append", ForwardedFor::Append),
+];
+const ON_DENY: &[(&str, OnDeny)] = &[
+    ("fallthrough", OnDeny::Fallthrough),
+    ("forbidden", OnDeny::Forbidden),
+];
 /// `challenge` of `[acme]` or `GATEHOUSE_ACME_CHALLENGE`.
-fn acme_challenge(v: &str) -> Result<Challenge, &'static str> {
-    match v.trim() {
-        "http-01" => Ok(Challenge::Http01),
-        "tls-alpn-01" => Ok(Challenge::TlsAlpn01),
-        _ => Err("expected \"http-01\" or \"tls-alpn-01\""),
+const CHALLENGES: &[(&str, Challenge)] = &[
+    ("http-01", Challenge::Http01),
+    ("tls-alpn-01", Challenge::TlsAlpn01),
+];
+
+/// The choice `v` names among `words`, or a message listing them.
+fn word<T: Copy>(v: &str, words: &[(&str, T)]) -> Result<T, String> {
+    if let Some((_, t)) = words.iter().find(|(w, _)| *w == v.trim()) {
+        return Ok(*t);
+    }
+    let names: Vec<String> = words.iter().map(|(w, _)| format!("\"{w}\"")).collect();
+    match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => {
+            Err(format!("expected {} or {last}", rest.join(", ")))
+        }
+        _ => Err(format!("expected {}", names.join(""))),
     }
 }
 
@@ -926,7 +918,7 @@ fn apply_acme_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
             .map_err(|m| ConfigError::var("GATEHOUSE_ACME_DIRECTORY", v, m))?;
     }
     if let Some(v) = env.get("GATEHOUSE_ACME_CHALLENGE") {
-        acme.challenge = acme_challenge(&v.value)
+        acme.challenge = word(&v.value, CHALLENGES)
             .map_err(|m| ConfigError::var("GATEHOUSE_ACME_CHALLENGE", v, m))?;
     }
     if let Some(v) = env.get("GATEHOUSE_ACME_CA_ROOTS") {
