@@ -8,7 +8,7 @@ use http::{Method, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 
 use super::client::{
-    accept_matches, close_websocket, nonce, read_report, url_escape, Exchange, Meta, OpenError,
+    accept_matches, close_websocket, nonce, read_report, url_escape, ClientError, Exchange, Meta,
     Target,
 };
 use super::findings::{
@@ -42,7 +42,7 @@ impl Doctor<'_> {
                 self.out.check("connection", true, detail);
                 true
             }
-            Err(OpenError::Verify(e)) => {
+            Err(ClientError::Verify(e)) => {
                 self.out
                     .check("connection", false, format!("TLS verification failed: {e}"));
                 self.out.find(
@@ -58,6 +58,7 @@ impl Doctor<'_> {
                 match self.t.open(false).await {
                     Ok(_) => true,
                     Err(e) => {
+                        let e = e.text();
                         self.out.find(
                             "unreachable",
                             None,
@@ -68,7 +69,8 @@ impl Doctor<'_> {
                     }
                 }
             }
-            Err(OpenError::Connect(e)) => {
+            Err(e) => {
+                let e = e.text();
                 self.out.check("connection", false, e.clone());
                 self.out.find(
                     "unreachable",
@@ -335,7 +337,7 @@ impl Doctor<'_> {
         let (ex, _) = match self.t.send(self.verify, Method::GET, &sent, &headers).await {
             Ok(x) => x,
             Err(e) => {
-                self.out.check(name, false, e);
+                self.out.check(name, false, e.text());
                 return;
             }
         };
@@ -437,6 +439,7 @@ impl Doctor<'_> {
             .await
         {
             Err(e) => {
+                let e = e.text();
                 self.out.check(name, false, format!("{target}: {e}"));
                 if !explained(&self.out) {
                     self.out.find(
@@ -501,6 +504,7 @@ impl Doctor<'_> {
             let (ex, _) = match self.t.send(self.verify, Method::GET, &url, &headers).await {
                 Ok(x) => x,
                 Err(e) => {
+                    let e = e.text();
                     self.out.check(name, false, format!("{url}: {e}"));
                     self.out.find(
                         "unreachable",
@@ -520,7 +524,7 @@ impl Doctor<'_> {
                     .unwrap_or("")
                     .to_string();
                 match self.same_host_target(&location, &url) {
-                    Ok(next) if seen.contains(&next) => {
+                    Location::Here(next) if seen.contains(&next) => {
                         self.out.check(
                             name,
                             false,
@@ -538,12 +542,12 @@ impl Doctor<'_> {
                         }
                         return;
                     }
-                    Ok(next) => {
+                    Location::Here(next) => {
                         seen.push(next.clone());
                         url = next;
                         continue;
                     }
-                    Err(other) if self.same_name(&other) => {
+                    Location::Elsewhere(other) if self.same_name(&other) => {
                         self.out.check(
                             name,
                             false,
@@ -566,7 +570,7 @@ impl Doctor<'_> {
                         );
                         return;
                     }
-                    Err(other) => {
+                    Location::Elsewhere(other) => {
                         self.out.check(
                             name,
                             false,
@@ -631,28 +635,30 @@ impl Doctor<'_> {
         );
     }
 
-    /// The path of `location` when it stays on this host, else the other
-    /// address.
-    pub(super) fn same_host_target(&self, location: &str, current: &str) -> Result<String, String> {
+    /// Where a redirect to `location` (from `current`) leads.
+    pub(super) fn same_host_target(&self, location: &str, current: &str) -> Location {
         if location.starts_with('/') && !location.starts_with("//") {
-            return Ok(location.to_string());
+            return Location::Here(location.to_string());
         }
-        let uri: Uri = location.parse().map_err(|_| location.to_string())?;
+        let Ok(uri) = location.parse::<Uri>() else {
+            return Location::Elsewhere(location.to_string());
+        };
         match (uri.scheme_str(), uri.authority()) {
             (Some(scheme), Some(auth)) => {
                 let same_scheme = (scheme == "https") == self.t.https;
                 if same_scheme && auth.as_str().eq_ignore_ascii_case(&self.t.authority) {
-                    Ok(uri
-                        .path_and_query()
-                        .map_or("/".to_string(), |p| p.as_str().to_string()))
+                    Location::Here(
+                        uri.path_and_query()
+                            .map_or("/".to_string(), |p| p.as_str().to_string()),
+                    )
                 } else {
-                    Err(format!("{scheme}://{auth}"))
+                    Location::Elsewhere(format!("{scheme}://{auth}"))
                 }
             }
             // A relative reference without a leading slash.
             _ => {
                 let base = current.rsplit_once('/').map_or("", |(b, _)| b);
-                Ok(format!("{base}/{location}"))
+                Location::Here(format!("{base}/{location}"))
             }
         }
     }
@@ -744,4 +750,13 @@ impl Doctor<'_> {
 
 pub(super) fn is_unavailable(s: StatusCode) -> bool {
     matches!(s.as_u16(), 502..=504)
+}
+
+/// Where a redirect leads.
+pub(super) enum Location {
+    /// A target on the host being checked (path and query).
+    Here(String),
+    /// Another address (`scheme://authority`, or the location as sent
+    /// when it does not parse).
+    Elsewhere(String),
 }

@@ -52,16 +52,16 @@ pub(super) struct Opened {
 }
 
 impl Target {
-    pub(super) fn new(opts: &Options) -> Result<Target, String> {
+    pub(super) fn new(opts: &Options) -> Result<Target, ClientError> {
         let https = match opts.url.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => return Err("the URL must start with https:// or http://".into()),
+            _ => return Err(ClientError::Scheme),
         };
         let host = opts
             .url
             .host()
-            .ok_or("the URL has no host")?
+            .ok_or(ClientError::NoHost)?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
@@ -71,7 +71,7 @@ impl Target {
             .url
             .authority()
             .map(|a| a.as_str().to_string())
-            .ok_or("the URL has no host")?;
+            .ok_or(ClientError::NoHost)?;
         let connect = opts.connect_to.clone().unwrap_or_else(|| {
             if host.contains(':') {
                 format!("[{host}]:{port}")
@@ -82,28 +82,35 @@ impl Target {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for path in &opts.ca {
-            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let pem = std::fs::read(path).map_err(|source| ClientError::CaRead {
+                path: path.clone(),
+                source,
+            })?;
             let mut any = false;
             for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let cert = cert.map_err(|source| ClientError::CaPem {
+                    path: path.clone(),
+                    source,
+                })?;
+                roots.add(cert).map_err(|source| ClientError::CaRefused {
+                    path: path.clone(),
+                    source,
+                })?;
                 any = true;
             }
             if !any {
-                return Err(format!("{}: no certificate in the file", path.display()));
+                return Err(ClientError::CaEmpty { path: path.clone() });
             }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verified = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(ClientError::Tls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         let unverified = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(ClientError::Tls)?
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
             .with_no_client_auth();
@@ -118,14 +125,12 @@ impl Target {
         })
     }
 
-    pub(super) async fn open(&self, verify: bool) -> Result<Opened, OpenError> {
+    pub(super) async fn open(&self, verify: bool) -> Result<Opened, ClientError> {
         let tcp = tokio::time::timeout(self.timeout, tokio::net::TcpStream::connect(&self.connect))
             .await
-            .map_err(|_| OpenError::Connect(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|e| OpenError::Connect(e.to_string()))?;
-        let local = tcp
-            .local_addr()
-            .map_err(|e| OpenError::Connect(e.to_string()))?;
+            .map_err(|_| ClientError::ConnectTimeout(self.timeout))?
+            .map_err(ClientError::Connect)?;
+        let local = tcp.local_addr().map_err(ClientError::Connect)?;
         let _ = tcp.set_nodelay(true);
         if !self.https {
             return Ok(Opened {
@@ -139,23 +144,26 @@ impl Target {
         } else {
             self.unverified.clone()
         };
-        let name = ServerName::try_from(self.host.clone())
-            .map_err(|e| OpenError::Connect(format!("{}: {e}", self.host)))?;
+        let name =
+            ServerName::try_from(self.host.clone()).map_err(|source| ClientError::ServerName {
+                host: self.host.clone(),
+                source,
+            })?;
         let tls = tokio::time::timeout(
             self.timeout,
             tokio_rustls::TlsConnector::from(config).connect(name, tcp),
         )
         .await
-        .map_err(|_| OpenError::Connect("the TLS handshake did not finish".into()))?
+        .map_err(|_| ClientError::HandshakeTimeout)?
         .map_err(|e| {
             let verify_failed = e
                 .get_ref()
                 .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                 .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
             if verify_failed {
-                OpenError::Verify(e.to_string())
+                ClientError::Verify(e)
             } else {
-                OpenError::Connect(format!("TLS handshake failed: {e}"))
+                ClientError::Handshake(e)
             }
         })?;
         let certificate = tls
@@ -178,8 +186,8 @@ impl Target {
         method: Method,
         target: &str,
         headers: &[(&str, &str)],
-    ) -> Result<(Exchange, Meta), String> {
-        let opened = self.open(verify).await.map_err(|e| e.to_string())?;
+    ) -> Result<(Exchange, Meta), ClientError> {
+        let opened = self.open(verify).await?;
         let meta = Meta {
             local: opened.local,
             certificate: opened.certificate,
@@ -187,7 +195,7 @@ impl Target {
         let io = TokioIo::new(opened.io);
         let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ClientError::Http)?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -207,18 +215,21 @@ impl Target {
         }
         let req = req
             .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("{target}: {e}"))?;
+            .map_err(|source| ClientError::Request {
+                target: target.to_string(),
+                source,
+            })?;
         let res = tokio::time::timeout(self.timeout, sender.send_request(req))
             .await
-            .map_err(|_| format!("no response within {:?}", self.timeout))?
-            .map_err(|e| format!("{}", crate::base::error_chain::ErrorChain(&e)))?;
+            .map_err(|_| ClientError::ResponseTimeout(self.timeout))?
+            .map_err(ClientError::Send)?;
         let status = res.status();
         let headers = res.headers().clone();
         if status == StatusCode::SWITCHING_PROTOCOLS {
             let upgraded = tokio::time::timeout(self.timeout, hyper::upgrade::on(res))
                 .await
-                .map_err(|_| "the upgrade did not complete".to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| ClientError::UpgradeTimeout)?
+                .map_err(ClientError::Upgrade)?;
             let exchange = Exchange {
                 status,
                 headers,
@@ -232,8 +243,8 @@ impl Target {
             Limited::new(res.into_body(), MAX_BODY).collect(),
         )
         .await
-        .map_err(|_| "the response body did not arrive in time".to_string())?
-        .map_err(|e| format!("reading the response body: {e}"))?
+        .map_err(|_| ClientError::BodyTimeout)?
+        .map_err(ClientError::Body)?
         .to_bytes();
         let exchange = Exchange {
             status,
@@ -251,17 +262,79 @@ pub(super) struct Meta {
     pub(super) certificate: Option<String>,
 }
 
-#[derive(Debug)]
-pub(super) enum OpenError {
-    Connect(String),
-    Verify(String),
+/// Why the doctor got no answer to a request.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ClientError {
+    #[error("the URL must start with https:// or http://")]
+    Scheme,
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("{}: cannot read", .path.display())]
+    CaRead {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a PEM certificate", .path.display())]
+    CaPem {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{}: a certificate was refused", .path.display())]
+    CaRefused {
+        path: std::path::PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{}: no certificate in the file", .path.display())]
+    CaEmpty { path: std::path::PathBuf },
+    #[error("cannot set up TLS")]
+    Tls(#[source] rustls::Error),
+    #[error("no answer within {0:?}")]
+    ConnectTimeout(Duration),
+    #[error("cannot connect")]
+    Connect(#[source] std::io::Error),
+    #[error("{host}: not a server name")]
+    ServerName {
+        host: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    #[error("the TLS handshake did not finish")]
+    HandshakeTimeout,
+    #[error("TLS handshake failed")]
+    Handshake(#[source] std::io::Error),
+    /// The certificate presented cannot be verified (the message is the
+    /// verifier's own).
+    #[error(transparent)]
+    Verify(std::io::Error),
+    #[error("the HTTP/1.1 handshake failed")]
+    Http(#[source] hyper::Error),
+    #[error("{target}: not a valid request")]
+    Request {
+        target: String,
+        #[source]
+        source: http::Error,
+    },
+    #[error("no response within {0:?}")]
+    ResponseTimeout(Duration),
+    #[error("the request failed")]
+    Send(#[source] hyper::Error),
+    #[error("the upgrade did not complete")]
+    UpgradeTimeout,
+    #[error("the upgrade failed")]
+    Upgrade(#[source] hyper::Error),
+    #[error("the response body did not arrive in time")]
+    BodyTimeout,
+    #[error("reading the response body")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-impl std::fmt::Display for OpenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OpenError::Connect(e) | OpenError::Verify(e) => f.write_str(e),
-        }
+impl ClientError {
+    /// The text of checks and findings: the error and its causes.
+    pub(super) fn text(&self) -> String {
+        crate::base::error_chain::ErrorChain(self).to_string()
     }
 }
 

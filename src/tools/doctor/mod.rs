@@ -59,6 +59,7 @@ pub async fn run(opts: &Options) -> Outcome {
     let target = match Target::new(opts) {
         Ok(t) => t,
         Err(e) => {
+            let e = e.text();
             out.check("connection", false, e.clone());
             out.find("unreachable", None, e, FIX_UNREACHABLE);
             return out;
