@@ -163,7 +163,7 @@ pub fn load(source: &Source, env: &Env) -> Result<Config, ConfigError> {
         text: &text,
         base_dir: &base_dir,
     }
-    .build(parsed, env)?;
+    .build(parsed)?;
     if !matches!(source, Source::BuiltIn) {
         cfg.source = Some(name);
     }
@@ -214,7 +214,7 @@ impl Builder<'_> {
         parse_duration(v.get_ref()).map_err(|m| self.err(v.span(), key, m))
     }
 
-    fn build(&self, f: file::File, env: &Env) -> Result<Config, ConfigError> {
+    fn build(&self, f: file::File) -> Result<Config, ConfigError> {
         let http_port = match &f.http_port {
             Some(v) => self.port(v, "http_port")?,
             None => 80,
@@ -293,28 +293,17 @@ impl Builder<'_> {
         };
         // MAX_UPLOAD_SIZE_MB is the global default; a route's own
         // `max_body` still wins over it.
-        let max_upload = match (env.get("MAX_UPLOAD_SIZE_MB"), &f.max_upload_size_mb) {
-            (Some(v), _) => v
-                .value
-                .trim()
-                .parse::<i64>()
-                .ok()
-                .and_then(mib)
-                .ok_or_else(|| {
-                    ConfigError::var(
-                        "MAX_UPLOAD_SIZE_MB",
-                        v,
-                        "expected a positive whole number of megabytes",
-                    )
-                })?,
-            (None, Some(v)) => mib(*v.get_ref()).ok_or_else(|| {
+        // The global default of `max_body` (MAX_UPLOAD_SIZE_MB overrides
+        // it with the other variables, in `apply_env`).
+        let max_upload = match &f.max_upload_size_mb {
+            Some(v) => mib(*v.get_ref()).ok_or_else(|| {
                 self.err(
                     v.span(),
                     "max_upload_size_mb",
                     "expected a positive number of megabytes",
                 )
             })?,
-            (None, None) => DEFAULT_MAX_UPLOAD_MB * 1024 * 1024,
+            None => DEFAULT_MAX_UPLOAD_MB * 1024 * 1024,
         };
         let deployment_mode = match &f.deployment_mode {
             Some(v) => {
@@ -714,9 +703,12 @@ impl Builder<'_> {
             Some(v) => self.duration(v, key),
             None => Ok(default),
         };
-        let max_body = match &r.max_body {
-            Some(v) => parse_size(v.get_ref()).map_err(|m| self.err(v.span(), "max_body", m))?,
-            None => defaults.max_body,
+        let (max_body, max_body_own) = match &r.max_body {
+            Some(v) => (
+                parse_size(v.get_ref()).map_err(|m| self.err(v.span(), "max_body", m))?,
+                true,
+            ),
+            None => (defaults.max_body, false),
         };
         let forwarded_for =
             self.choice(r.forwarded_for.as_ref(), "forwarded_for", FORWARDED_FOR)?;
@@ -807,6 +799,7 @@ impl Builder<'_> {
                 DEFAULT_CONNECT_TIMEOUT,
             )?,
             max_body,
+            max_body_own,
             forwarded_for,
             compress: r.compress.unwrap_or(true),
             access,
@@ -943,6 +936,26 @@ fn own_hostname() -> Option<String> {
 
 /// Environment variables override the file (AliasVault's `.env` names).
 fn apply_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
+    // MAX_UPLOAD_SIZE_MB is the global default; a route's own `max_body`
+    // still wins over it.
+    if let Some(v) = env.get("MAX_UPLOAD_SIZE_MB") {
+        let limit = v
+            .value
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .and_then(mib)
+            .ok_or_else(|| {
+                ConfigError::var(
+                    "MAX_UPLOAD_SIZE_MB",
+                    v,
+                    "expected a positive whole number of megabytes",
+                )
+            })?;
+        for route in cfg.routes.iter_mut().filter(|r| !r.max_body_own) {
+            route.max_body = limit;
+        }
+    }
     if let Some(v) = env.get("HTTP_PORT") {
         cfg.http_port = env_port(v, "HTTP_PORT")?;
     }
@@ -1323,6 +1336,24 @@ mod tests {
             allow(&builtin, "/admin"),
             ["127.0.0.0/8", "::1/128", "198.51.100.0/24"]
         );
+    }
+
+    /// MAX_UPLOAD_SIZE_MB replaces the global default, never a route's own
+    /// `max_body`, whichever of file and environment sets the default.
+    #[test]
+    fn max_upload_size_is_the_default_a_route_can_override() {
+        let text = Source::Text {
+            name: "g.toml".into(),
+            text: "max_upload_size_mb = 7\n[[route]]\npath = \"/up\"\nupstream = \"http://a:1\"\nmax_body = \"1M\"\n[[route]]\npath = \"/\"\nupstream = \"http://b:1\"\n".into(),
+            base_dir: ".".into(),
+        };
+        let bodies = |cfg: &Config| cfg.routes.iter().map(|r| r.max_body).collect::<Vec<_>>();
+        assert_eq!(
+            bodies(&load(&text, &Env::empty()).unwrap()),
+            [1 << 20, 7 << 20]
+        );
+        let env = Env::from_pairs([("MAX_UPLOAD_SIZE_MB", "5")]);
+        assert_eq!(bodies(&load(&text, &env).unwrap()), [1 << 20, 5 << 20]);
     }
 
     #[test]

@@ -204,6 +204,9 @@ pub struct Route {
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub max_body: u64,
+    /// `max_body` was set on the route itself: `MAX_UPLOAD_SIZE_MB`, the
+    /// global default, does not change it.
+    pub max_body_own: bool,
     pub forwarded_for: ForwardedFor,
     pub compress: bool,
     pub access: Access,
