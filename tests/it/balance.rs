@@ -115,31 +115,9 @@ async fn least_outstanding_avoids_the_busy_server() {
 #[tokio::test]
 async fn active_health_checks_take_a_server_out_and_back() {
     use std::sync::atomic::AtomicBool;
-    let a = upstream(|req: Request<hyper::body::Incoming>| async move {
-        let body = if req.uri().path() == "/health" {
-            "ok"
-        } else {
-            "A"
-        };
-        http::Response::new(full(body))
-    })
-    .await;
+    let a = health_checked("A", Arc::new(AtomicBool::new(true))).await;
     let b_ok = Arc::new(AtomicBool::new(false));
-    let flag = b_ok.clone();
-    let b = upstream(move |req: Request<hyper::body::Incoming>| {
-        let healthy = flag.load(Ordering::SeqCst);
-        async move {
-            if req.uri().path() == "/health" {
-                let mut res = http::Response::new(full("no"));
-                if !healthy {
-                    *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                }
-                return res;
-            }
-            http::Response::new(full("B"))
-        }
-    })
-    .await;
+    let b = health_checked("B", b_ok.clone()).await;
     let px = Proxy::start(&route_with(
         &[a.url(), b.url()],
         "health_check = { path = \"/health\", interval = \"100ms\", healthy = 1, unhealthy = 1 }",

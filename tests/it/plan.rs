@@ -9,8 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, StatusCode};
-
 use crate::support::*;
 
 /// Each refused case through all three: `gatehouse check` and a start exit
@@ -197,23 +195,8 @@ async fn a_refused_reload_writes_no_certificate() {
 /// does not touch its route: the reload does not reset it to healthy.
 #[tokio::test]
 async fn server_health_survives_an_unrelated_reload() {
-    let a = upstream(|req: Request<hyper::body::Incoming>| async move {
-        let body = if req.uri().path() == "/health" {
-            "ok"
-        } else {
-            "A"
-        };
-        http::Response::new(full(body))
-    })
-    .await;
-    let b = upstream(|req: Request<hyper::body::Incoming>| async move {
-        let mut res = http::Response::new(full("B"));
-        if req.uri().path() == "/health" {
-            *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        }
-        res
-    })
-    .await;
+    let a = health_checked("A", Arc::new(AtomicBool::new(true))).await;
+    let b = health_checked("B", Arc::new(AtomicBool::new(false))).await;
     let route = |extra: &str| {
         format!(
             "force_https_redirect = false\n[[route]]\npath = \"/\"\nupstream = [\"{}\", \"{}\"]\nhealth_check = {{ path = \"/health\", interval = \"300ms\", healthy = 2, unhealthy = 2 }}\n{extra}",

@@ -474,6 +474,26 @@ impl Proxy {
     }
 }
 
+/// An upstream answering `name` on every path but `/health`, where it
+/// answers 200 while `healthy` holds and 503 otherwise: a server for
+/// active health checks.
+pub async fn health_checked(
+    name: &'static str,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
+) -> Upstream {
+    upstream(move |req: Request<Incoming>| {
+        let ok = healthy.load(Ordering::SeqCst);
+        async move {
+            let mut res = Response::new(full(name));
+            if req.uri().path() == "/health" && !ok {
+                *res.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            res
+        }
+    })
+    .await
+}
+
 /// Requests `/` until six answers in a row are `want` (a server taken out
 /// of the rotation), checking every 50 ms, within `LIMIT`.
 pub async fn until_only(px: &Proxy, want: &str, what: &str) {
