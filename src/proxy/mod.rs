@@ -9,6 +9,7 @@ pub mod forwarded;
 pub(crate) mod response;
 pub(crate) mod upgrade;
 
+use crate::runtime::balance;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -646,7 +647,7 @@ pub(crate) async fn send(
     let mut tried = 0u64;
     let mut next = Some(req);
     loop {
-        let idx = pick(route, tried);
+        let idx = balance::pick(route, tried);
         tried |= 1 << idx;
         let server = &route.servers[idx];
         let mut req = match next.take() {
@@ -668,7 +669,7 @@ pub(crate) async fn send(
             *req.uri_mut() = uri;
         }
         let result = {
-            let _busy = Outstanding::new(&server.outstanding);
+            let _busy = balance::Outstanding::new(&server.outstanding);
             send_once(route, req).await
         };
         match result {
@@ -677,8 +678,7 @@ pub(crate) async fn send(
                 | ProxyError::UpstreamTimeout(_)
                 | ProxyError::UpstreamProtocol(_)),
             ) => {
-                let until = crate::base::clock::now_nanos() + FAIL_TIMEOUT.as_nanos() as u64;
-                server.down_until.store(until, Relaxed);
+                balance::mark_down(server);
                 let untried = (0..n).any(|i| tried & (1 << i) == 0);
                 if matches!(e, ProxyError::UpstreamConnect(_)) && retryable && untried {
                     tracing::warn!(route = route.path, upstream = %server.authority, "connecting failed; trying the next server");
@@ -691,54 +691,11 @@ pub(crate) async fn send(
     }
 }
 
-/// How long a failed server is skipped (nginx's `fail_timeout=5s`).
-pub(crate) const FAIL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
 fn is_idempotent(m: &Method) -> bool {
     matches!(
         *m,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
     )
-}
-
-/// Counts a request as outstanding on its server until dropped.
-struct Outstanding<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> Outstanding<'a> {
-    fn new(c: &'a std::sync::atomic::AtomicUsize) -> Self {
-        c.fetch_add(1, Relaxed);
-        Outstanding(c)
-    }
-}
-
-impl Drop for Outstanding<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
-}
-
-/// The server for the next attempt: among those not tried yet, the ones
-/// not marked down (all of them if every one is down), by the route's
-/// balancing rule.
-fn pick(route: &RouteRt, tried: u64) -> usize {
-    let n = route.servers.len().min(64);
-    let now = crate::base::clock::now_nanos();
-    let untried = |i: usize| tried & (1 << i) == 0;
-    let up = |i: usize| {
-        let s = &route.servers[i];
-        s.down_until.load(Relaxed) <= now && s.healthy.load(Relaxed)
-    };
-    let any_up = (0..n).any(|i| untried(i) && up(i));
-    let ok = |i: usize| untried(i) && (up(i) || !any_up);
-    let start = route.next.fetch_add(1, Relaxed);
-    let order = (0..n).map(|k| (start + k) % n).filter(|&i| ok(i));
-    match route.balance {
-        crate::config::model::Balance::RoundRobin => order.into_iter().next(),
-        crate::config::model::Balance::LeastOutstanding => {
-            order.min_by_key(|&i| route.servers[i].outstanding.load(Relaxed))
-        }
-    }
-    .unwrap_or(0)
 }
 
 /// One attempt on the server the request's URI names.

@@ -2,6 +2,7 @@
 //! each route's pooled upstream client, the header policy, the redirect
 //! target. Immutable once built; a request takes one snapshot and keeps it.
 
+pub(crate) mod balance;
 pub(crate) mod health;
 pub(crate) mod metrics;
 pub mod router;
