@@ -360,3 +360,83 @@ async fn requests_are_served_while_a_reload_reads_a_slow_certificate() {
     applied.unwrap();
     px.stop().await;
 }
+
+/// The same for a slow certificate write: a reload that generates a
+/// certificate (HOSTNAME changed) writes it through a temporary file, here
+/// a FIFO whose reader holds back. Requests are served meanwhile; the
+/// write then fails (a FIFO cannot be synced), so the reload is refused
+/// and the old certificate serves on.
+#[tokio::test]
+async fn requests_are_served_while_a_reload_writes_a_slow_certificate() {
+    let a = fixed(200, "A").await;
+    let routes_toml = format!(
+        "force_https_redirect = false\n{}",
+        routes(&[("/", &a.url())])
+    );
+    let mut px = Proxy::start(&routes_toml).await;
+    let cert_path = px.cert_path();
+    let before = std::fs::read(&cert_path).unwrap();
+    let fifo = cert_path.with_extension("tmp-gatehouse");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (writing_tx, writing_rx) = tokio::sync::oneshot::channel();
+    let (served_tx, served_rx) = std::sync::mpsc::channel::<()>();
+    let released_early = Arc::new(AtomicBool::new(false));
+    let flag = released_early.clone();
+    let reader_fifo = fifo.clone();
+    // Opens the FIFO for reading (returns once the commit opened it to
+    // write), says so, and reads only after a request was served — or
+    // after a bounded wait, so a stalled runtime fails the test.
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&reader_fifo).unwrap();
+        let _ = writing_tx.send(());
+        if served_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            flag.store(true, Ordering::SeqCst);
+        }
+        let mut sink = Vec::new();
+        let _ = f.read_to_end(&mut sink);
+    });
+    let cfg = load(
+        px.dir.path(),
+        &format!("hostname = \"other.example\"\n{routes_toml}"),
+        &[],
+    )
+    .unwrap();
+    let http = px.http;
+    let server = px.server.as_mut().unwrap();
+    let request = async {
+        writing_rx.await.unwrap();
+        let res = send(Proto::H1, http, Path::new(""), get("/", "localhost"))
+            .await
+            .unwrap();
+        let _ = served_tx.send(());
+        res
+    };
+    let (applied, res) = within(async { tokio::join!(server.apply(cfg), request) }).await;
+    reader.join().unwrap();
+    std::fs::remove_file(&fifo).unwrap();
+    assert_eq!(res.text(), "A");
+    assert!(
+        !released_early.load(Ordering::SeqCst),
+        "no request was served while the reload wrote the certificate"
+    );
+    let err = applied.expect_err("a FIFO cannot be synced");
+    assert!(
+        gatehouse::base::error_chain::ErrorChain(&err)
+            .to_string()
+            .contains("cannot write"),
+        "{}",
+        gatehouse::base::error_chain::ErrorChain(&err)
+    );
+    assert_eq!(
+        std::fs::read(&cert_path).unwrap(),
+        before,
+        "old certificate kept"
+    );
+    assert_eq!(px.get("/").await.text(), "A");
+    px.stop().await;
+}
