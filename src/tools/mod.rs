@@ -2,6 +2,8 @@
 //! `cert`, `reload`, `health`), the demo, `gatehouse external` and
 //! `gatehouse doctor`.
 
+pub(crate) mod cert;
+pub mod check;
 pub mod cli;
 pub(crate) mod demo;
 pub mod doctor;

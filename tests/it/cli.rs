@@ -150,7 +150,7 @@ async fn config_golden_cases() {
         let got = match gatehouse::config::load(&source, &gatehouse::config::Env::empty())
             .and_then(|cfg| gatehouse::ops::plan::plan(&cfg).map(|plan| (cfg, plan)))
         {
-            Ok((cfg, plan)) => gatehouse::tools::cli::describe(&cfg, &plan),
+            Ok((cfg, plan)) => gatehouse::tools::check::describe(&cfg, &plan),
             Err(e) => format!("error: {}\n", gatehouse::base::error_chain::ErrorChain(&e)),
         };
         // GATEHOUSE_BLESS=1 rewrites the expected outputs; review the diff.
