@@ -1,117 +1,173 @@
 //! The access log: one line per request on stdout, as JSON or in nginx's
 //! combined format with Gatehouse's fields appended.
 //!
-//! Lines go through a bounded queue to a writer thread, so a slow stdout
-//! (a full pipe, a stalled log collector) never stalls a request: when the
-//! queue is full the line is dropped and counted.
+//! A line costs what nginx's costs (issue 13): it is rendered without
+//! `fmt` (dates rendered once a second, numbers by hand, names shared with
+//! the route, never copied) straight into the calling thread's own batch,
+//! and one writer thread takes whole batches — every 100 ms, or as soon as
+//! a batch holds 64 KiB — so there is no wake-up per line. A request never
+//! waits for stdout: while stdout is stalled a thread's batch grows to a
+//! cap, and lines past it are dropped and counted. The diagnostic log
+//! (`tracing`) goes through the same batches, so lines never interleave.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderValue, Method, Uri, Version};
 
 pub use crate::config::model::LogFormat as Format;
+use crate::runtime::LogNames;
 
-/// Lines waiting for the writer; past this they are dropped.
-const QUEUE: usize = 16 * 1024;
+/// A batch is handed to the writer once it holds this much.
+const BATCH: usize = 64 * 1024;
+/// The writer takes every batch at least this often.
+const INTERVAL: Duration = Duration::from_millis(100);
+/// What one thread's batch may hold while the writer is behind (a stalled
+/// stdout); lines past it are dropped.
+const CAP: usize = 1 << 20;
 
-enum Msg {
-    Line(String),
-    /// Answered once every line queued before it is written.
-    Flush(std::sync::mpsc::Sender<()>),
+/// Lines dropped because stdout could not keep up.
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// One thread's lines not yet taken by the writer. Locked by its thread
+/// per line and by the writer per batch: uncontended but for that moment.
+#[derive(Default)]
+struct Shard {
+    batch: Mutex<Batch>,
+}
+
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    /// The writer has been told this batch is full.
+    signalled: bool,
 }
 
 struct Writer {
-    tx: SyncSender<Msg>,
+    thread: std::thread::Thread,
+    shards: Mutex<Vec<Arc<Shard>>>,
+    /// Callers of [`flush`] waiting for everything before them to be out.
+    flushes: Mutex<Vec<std::sync::mpsc::Sender<()>>>,
 }
 
-static WRITER: OnceLock<Writer> = OnceLock::new();
-/// Lines dropped because the writer could not keep up.
-pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+static WRITER: OnceLock<Option<Writer>> = OnceLock::new();
 
-fn writer() -> &'static Writer {
-    WRITER.get_or_init(|| {
-        let (tx, rx) = sync_channel::<Msg>(QUEUE);
-        let spawned = std::thread::Builder::new()
-            .name("stdout".into())
-            .spawn(move || {
-                let write =
-                    |out: &mut std::io::BufWriter<std::io::StdoutLock<'_>>, msg: Msg| match msg {
-                        Msg::Line(l) => {
-                            let _ = out.write_all(l.as_bytes());
-                        }
-                        Msg::Flush(done) => {
-                            let _ = out.flush();
-                            let _ = done.send(());
-                        }
-                    };
-                while let Ok(msg) = rx.recv() {
-                    // The stdout lock is taken per batch, never held while
-                    // waiting, and flushed once the queue is drained.
-                    let stdout = std::io::stdout();
-                    let mut out = std::io::BufWriter::new(stdout.lock());
-                    write(&mut out, msg);
-                    while let Ok(msg) = rx.try_recv() {
-                        write(&mut out, msg);
+thread_local! {
+    static SHARD: Option<Arc<Shard>> = writer().map(|w| {
+        let shard = Arc::new(Shard::default());
+        lock(&w.shards).push(shard.clone());
+        shard
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding one leaves bytes, still writable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The writer, started on first use; `None` when no thread could be made
+/// (every line is then dropped and counted).
+fn writer() -> Option<&'static Writer> {
+    WRITER
+        .get_or_init(|| {
+            let spawned = std::thread::Builder::new().name("stdout".into()).spawn(|| {
+                // Waits until the writer is published, then serves it.
+                let w = loop {
+                    if let Some(Some(w)) = WRITER.get() {
+                        break w;
                     }
-                    let _ = out.flush();
-                }
+                    std::thread::park_timeout(Duration::from_millis(1));
+                };
+                write_loop(w)
             });
-        if spawned.is_err() {
-            eprintln!("cannot start the stdout writer; log lines are dropped");
-        }
-        Writer { tx }
-    })
+            match spawned {
+                Ok(handle) => Some(Writer {
+                    thread: handle.thread().clone(),
+                    shards: Mutex::default(),
+                    flushes: Mutex::default(),
+                }),
+                Err(_) => {
+                    eprintln!("cannot start the stdout writer; log lines are dropped");
+                    None
+                }
+            }
+        })
+        .as_ref()
 }
 
-/// Queues a line for stdout without ever blocking; counts it as dropped
-/// when the writer is behind.
-pub fn queue(line: String) {
-    if writer().tx.try_send(Msg::Line(line)).is_err() {
+/// Takes every batch at least every `INTERVAL` (sooner when one is full or
+/// a flush is asked for) and writes them to stdout in one go.
+fn write_loop(w: &'static Writer) -> ! {
+    let mut taken: Vec<Vec<u8>> = Vec::new();
+    loop {
+        std::thread::park_timeout(INTERVAL);
+        let flushes = std::mem::take(&mut *lock(&w.flushes));
+        {
+            let mut shards = lock(&w.shards);
+            for shard in shards.iter() {
+                let mut b = lock(&shard.batch);
+                if !b.bytes.is_empty() {
+                    taken.push(std::mem::replace(&mut b.bytes, Vec::with_capacity(BATCH)));
+                }
+                b.signalled = false;
+            }
+            // A thread that ended leaves its shard here only: once emptied,
+            // it goes.
+            shards.retain(|s| Arc::strong_count(s) > 1 || !lock(&s.batch).bytes.is_empty());
+        }
+        if !taken.is_empty() {
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            for bytes in taken.drain(..) {
+                let _ = out.write_all(&bytes);
+            }
+            let _ = out.flush();
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Renders one line into this thread's batch with `render` (which must end
+/// it with a newline). Never blocks on stdout.
+pub fn write_line(render: impl FnOnce(&mut Vec<u8>)) {
+    let queued = SHARD.try_with(|shard| {
+        let (Some(shard), Some(w)) = (shard, writer()) else {
+            return false;
+        };
+        let mut b = lock(&shard.batch);
+        if b.bytes.len() >= CAP {
+            return false;
+        }
+        render(&mut b.bytes);
+        if b.bytes.len() >= BATCH && !b.signalled {
+            b.signalled = true;
+            w.thread.unpark();
+        }
+        true
+    });
+    if queued != Ok(true) {
         DROPPED.fetch_add(1, Relaxed);
     }
 }
 
-/// Waits, at most `limit`, until every line queued so far is written: for
-/// a clean exit.
+/// Waits, at most `limit`, until every line written so far is on stdout:
+/// for a clean exit.
 pub fn flush(limit: Duration) {
-    let Some(w) = WRITER.get() else { return };
+    let Some(Some(w)) = WRITER.get() else { return };
     let (tx, rx) = std::sync::mpsc::channel();
-    if w.tx.send_timeout_compat(Msg::Flush(tx), limit) {
-        let _ = rx.recv_timeout(limit);
-    }
-}
-
-trait SendTimeout {
-    fn send_timeout_compat(&self, msg: Msg, limit: Duration) -> bool;
-}
-
-impl SendTimeout for SyncSender<Msg> {
-    /// `send` that gives up after `limit` (a stalled stdout at exit).
-    fn send_timeout_compat(&self, msg: Msg, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        let mut msg = msg;
-        loop {
-            match self.try_send(msg) {
-                Ok(()) => return true,
-                Err(std::sync::mpsc::TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::yield_now();
-                }
-                Err(_) => return false,
-            }
-        }
-    }
+    lock(&w.flushes).push(tx);
+    w.thread.unpark();
+    let _ = rx.recv_timeout(limit);
 }
 
 /// The diagnostic log's writer: each event is formatted into a buffer and
-/// queued whole on drop, on the same non-blocking queue as the access log,
-/// so a stalled stdout stalls no request and lines never interleave.
+/// written whole on drop into the same batches as the access log, so a
+/// stalled stdout stalls no request and lines never interleave.
 #[derive(Default)]
 pub struct LineWriter(Vec<u8>);
 
@@ -128,7 +184,8 @@ impl std::io::Write for LineWriter {
 impl Drop for LineWriter {
     fn drop(&mut self) {
         if !self.0.is_empty() {
-            queue(String::from_utf8_lossy(&std::mem::take(&mut self.0)).into_owned());
+            let line = std::mem::take(&mut self.0);
+            write_line(|out| out.extend_from_slice(&line));
         }
     }
 }
@@ -143,8 +200,8 @@ pub struct Entry {
     pub uri: Uri,
     pub version: Version,
     pub status: u16,
-    pub route: Option<String>,
-    pub upstream: Option<String>,
+    /// The route's and its upstream's names, shared with the route.
+    pub names: Option<Arc<LogNames>>,
     pub upstream_time: Option<Duration>,
     pub request_id: HeaderValue,
     pub referer: Option<HeaderValue>,
@@ -153,110 +210,326 @@ pub struct Entry {
     pub bytes_out: u64,
 }
 
-fn proto(v: Version) -> &'static str {
+fn proto(v: Version) -> &'static [u8] {
     match v {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2.0",
-        Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/1.1",
+        Version::HTTP_09 => b"HTTP/0.9",
+        Version::HTTP_10 => b"HTTP/1.0",
+        Version::HTTP_2 => b"HTTP/2.0",
+        Version::HTTP_3 => b"HTTP/3.0",
+        _ => b"HTTP/1.1",
     }
 }
 
 impl Entry {
-    /// Renders and queues the line. Never blocks.
+    /// Renders the line into this thread's batch. Never blocks.
     pub fn emit(self: Box<Self>) {
         if self.format == Format::Off {
             return;
         }
-        queue(self.render());
+        write_line(|out| self.render_into(out));
     }
 
-    pub fn render(&self) -> String {
-        let duration = self.started.elapsed().as_secs_f64();
+    /// The line as text (tests).
+    #[cfg(test)]
+    fn render(&self) -> String {
+        let mut out = Vec::new();
+        self.render_into(&mut out);
+        String::from_utf8(out).expect("invariant: log lines are UTF-8")
+    }
+
+    fn render_into(&self, out: &mut Vec<u8>) {
+        let duration = self.started.elapsed();
         let target = self.uri.path_and_query().map_or("/", |p| p.as_str());
         let bytes_in = self.bytes_in.load(Relaxed);
-        let text = |v: &Option<HeaderValue>| {
-            v.as_ref()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        };
-        let id = String::from_utf8_lossy(self.request_id.as_bytes());
+        let route = self.names.as_deref().map(|n| n.route.as_bytes());
+        let upstream = self.names.as_deref().map(|n| n.upstream.as_bytes());
         match self.format {
             Format::Json => {
-                let v = serde_json::json!({
-                    "time": rfc3339(self.time),
-                    "client": self.client.to_string(),
-                    "method": self.method.as_str(),
-                    "path": target,
-                    "protocol": proto(self.version),
-                    "status": self.status,
-                    "bytes_in": bytes_in,
-                    "bytes_out": self.bytes_out,
-                    "duration": duration,
-                    "route": self.route,
-                    "upstream": self.upstream,
-                    "upstream_time": self.upstream_time.map(|d| d.as_secs_f64()),
-                    "request_id": id,
-                    "referer": text(&self.referer),
-                    "user_agent": text(&self.user_agent),
-                });
-                let mut s = v.to_string();
-                s.push('\n');
-                s
+                out.extend_from_slice(b"{\"time\":\"");
+                with_dates(self.time, |d| out.extend_from_slice(&d.rfc3339));
+                out.extend_from_slice(b"\",\"client\":\"");
+                push_ip(out, self.client);
+                out.extend_from_slice(b"\",\"method\":");
+                json_str(out, Some(self.method.as_str().as_bytes()));
+                out.extend_from_slice(b",\"path\":");
+                json_str(out, Some(target.as_bytes()));
+                out.extend_from_slice(b",\"protocol\":\"");
+                out.extend_from_slice(proto(self.version));
+                out.extend_from_slice(b"\",\"status\":");
+                push_u64(out, u64::from(self.status));
+                out.extend_from_slice(b",\"bytes_in\":");
+                push_u64(out, bytes_in);
+                out.extend_from_slice(b",\"bytes_out\":");
+                push_u64(out, self.bytes_out);
+                out.extend_from_slice(b",\"duration\":");
+                push_secs(out, duration);
+                out.extend_from_slice(b",\"route\":");
+                json_str(out, route);
+                out.extend_from_slice(b",\"upstream\":");
+                json_str(out, upstream);
+                out.extend_from_slice(b",\"upstream_time\":");
+                match self.upstream_time {
+                    Some(d) => push_secs(out, d),
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.extend_from_slice(b",\"request_id\":");
+                json_str(out, Some(self.request_id.as_bytes()));
+                out.extend_from_slice(b",\"referer\":");
+                json_str(out, header_bytes(&self.referer));
+                out.extend_from_slice(b",\"user_agent\":");
+                json_str(out, header_bytes(&self.user_agent));
+                out.extend_from_slice(b"}\n");
             }
             _ => {
                 // nginx's combined format, then bytes in, duration, route,
                 // upstream, upstream time and the request id.
-                let q = |v: Option<String>| v.unwrap_or_else(|| "-".into()).replace('"', "\\x22");
-                let mut s = String::with_capacity(256);
-                let _ = write!(
-                    s,
-                    "{} - - [{}] \"{} {} {}\" {} {} \"{}\" \"{}\" {} {:.3} \"{}\" \"{}\" {} \"{}\"",
-                    self.client,
-                    clf_time(self.time),
-                    self.method,
-                    target.replace('"', "\\x22"),
-                    proto(self.version),
-                    self.status,
-                    self.bytes_out,
-                    q(text(&self.referer)),
-                    q(text(&self.user_agent)),
-                    bytes_in,
-                    duration,
-                    q(self.route.clone()),
-                    q(self.upstream.clone()),
-                    self.upstream_time
-                        .map_or_else(|| "-".to_string(), |d| format!("{:.3}", d.as_secs_f64())),
-                    id
-                );
-                s.push('\n');
-                s
+                push_ip(out, self.client);
+                out.extend_from_slice(b" - - [");
+                with_dates(self.time, |d| out.extend_from_slice(&d.clf));
+                out.extend_from_slice(b"] \"");
+                out.extend_from_slice(self.method.as_str().as_bytes());
+                out.push(b' ');
+                clf_str(out, Some(target.as_bytes()));
+                out.push(b' ');
+                out.extend_from_slice(proto(self.version));
+                out.extend_from_slice(b"\" ");
+                push_u64(out, u64::from(self.status));
+                out.push(b' ');
+                push_u64(out, self.bytes_out);
+                out.extend_from_slice(b" \"");
+                clf_str(out, header_bytes(&self.referer));
+                out.extend_from_slice(b"\" \"");
+                clf_str(out, header_bytes(&self.user_agent));
+                out.extend_from_slice(b"\" ");
+                push_u64(out, bytes_in);
+                out.push(b' ');
+                push_secs(out, duration);
+                out.extend_from_slice(b" \"");
+                clf_str(out, route);
+                out.extend_from_slice(b"\" \"");
+                clf_str(out, upstream);
+                out.extend_from_slice(b"\" ");
+                match self.upstream_time {
+                    Some(d) => push_secs(out, d),
+                    None => out.push(b'-'),
+                }
+                out.extend_from_slice(b" \"");
+                clf_str(out, Some(self.request_id.as_bytes()));
+                out.extend_from_slice(b"\"\n");
             }
         }
     }
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    time::OffsetDateTime::from(t)
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+fn header_bytes(v: &Option<HeaderValue>) -> Option<&[u8]> {
+    v.as_ref().map(HeaderValue::as_bytes)
 }
 
-/// `26/Nov/2026:21:05:00 +0000`, as nginx's `$time_local` in UTC.
-fn clf_time(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+/// A number in decimal, without the formatter.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Seconds with three decimals (milliseconds, rounded), as nginx logs
+/// `$request_time`.
+fn push_secs(out: &mut Vec<u8>, d: Duration) {
+    let ms = (d.as_nanos() + 500_000) / 1_000_000;
+    push_u64(out, (ms / 1000) as u64);
+    let frac = (ms % 1000) as u16;
+    out.extend_from_slice(&[
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+        }
+        // Rare enough that the formatter may render it.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// A field of the combined format, escaped as nginx escapes it: `"`, `\`,
+/// control bytes and bytes past ASCII as `\xHH`; `-` when absent.
+fn clf_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    let Some(v) = v else {
+        out.push(b'-');
+        return;
+    };
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in v {
+        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ]);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// A JSON string (RFC 8259 §7), or `null` when absent. Bytes that are not
+/// UTF-8 (obs-text in a header) become U+FFFD, as a lossy decode would.
+fn json_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
+    let Some(v) = v else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    out.push(b'"');
+    let mut rest = v;
+    while !rest.is_empty() {
+        let (valid, bad) = match std::str::from_utf8(rest) {
+            Ok(s) => (s, 0),
+            Err(e) => {
+                let (ok, _) = rest.split_at(e.valid_up_to());
+                (
+                    std::str::from_utf8(ok).expect("invariant: checked UTF-8"),
+                    e.error_len().unwrap_or(rest.len() - e.valid_up_to()),
+                )
+            }
+        };
+        for &b in valid.as_bytes() {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                0..=0x1f => {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    out.extend_from_slice(&[
+                        b'\\',
+                        b'u',
+                        b'0',
+                        b'0',
+                        HEX[usize::from(b >> 4)],
+                        HEX[usize::from(b & 15)],
+                    ]);
+                }
+                _ => out.push(b),
+            }
+        }
+        if bad > 0 {
+            out.extend_from_slice("\u{FFFD}".as_bytes());
+        }
+        rest = &rest[valid.len() + bad..];
+    }
+    out.push(b'"');
+}
+
+/// The request time as both formats show it, rendered once a second.
+#[derive(Clone, Copy)]
+struct Dates {
+    second: u64,
+    /// `18/Nov/2026:21:05:00 +0000`, nginx's `$time_local` in UTC.
+    clf: [u8; 26],
+    /// `2026-11-18T21:05:00Z`.
+    rfc3339: [u8; 20],
+}
+
+fn with_dates(t: SystemTime, f: impl FnOnce(&Dates)) {
+    thread_local! {
+        static CACHE: std::cell::Cell<Option<Dates>> = const { std::cell::Cell::new(None) };
+    }
+    let second = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let dates = CACHE.with(|c| match c.get() {
+        Some(d) if d.second == second => d,
+        _ => {
+            let d = render_dates(second);
+            c.set(Some(d));
+            d
+        }
+    });
+    f(&dates);
+}
+
+fn render_dates(second: u64) -> Dates {
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
     ];
-    format!(
-        "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(second).unwrap_or(0))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let two = |n: u8| [b'0' + n / 10, b'0' + n % 10];
+    let year = u16::try_from(t.year().clamp(0, 9999)).unwrap_or(0);
+    let y = [
+        b'0' + (year / 1000) as u8,
+        b'0' + (year / 100 % 10) as u8,
+        b'0' + (year / 10 % 10) as u8,
+        b'0' + (year % 10) as u8,
+    ];
+    let (mo, d, h, mi, s) = (
+        u8::from(t.month()),
         t.day(),
-        MONTHS[usize::from(u8::from(t.month())) - 1],
-        t.year(),
         t.hour(),
         t.minute(),
-        t.second()
-    )
+        t.second(),
+    );
+    let mut clf = [0u8; 26];
+    let mut w = &mut clf[..];
+    for part in [
+        &two(d)[..],
+        b"/",
+        MONTHS[usize::from(mo) - 1],
+        b"/",
+        &y,
+        b":",
+        &two(h),
+        b":",
+        &two(mi),
+        b":",
+        &two(s),
+        b" +0000",
+    ] {
+        let _ = w.write_all(part);
+    }
+    let mut rfc3339 = [0u8; 20];
+    let mut w = &mut rfc3339[..];
+    for part in [
+        &y[..],
+        b"-",
+        &two(mo),
+        b"-",
+        &two(d),
+        b"T",
+        &two(h),
+        b":",
+        &two(mi),
+        b":",
+        &two(s),
+        b"Z",
+    ] {
+        let _ = w.write_all(part);
+    }
+    Dates {
+        second,
+        clf,
+        rfc3339,
+    }
 }
 
 /// A request id: the trusted incoming one when usable, else 16 random hex
@@ -309,8 +582,10 @@ mod tests {
                 .unwrap_or_else(|_| "/api/v1/Vault".parse().unwrap()),
             version: Version::HTTP_2,
             status: 201,
-            route: Some("/api".into()),
-            upstream: Some("api:3001".into()),
+            names: Some(Arc::new(LogNames {
+                route: "/api".into(),
+                upstream: "api:3001".into(),
+            })),
             upstream_time: Some(Duration::from_millis(12)),
             request_id: HeaderValue::from_static("0123456789abcdef"),
             referer: None,
@@ -323,9 +598,10 @@ mod tests {
     #[test]
     fn combined_is_nginx_combined_plus_our_fields() {
         let line = entry(Format::Combined).render();
-        let re_head = "203.0.113.7 - - [18/Nov/2026:";
-        assert!(line.starts_with(re_head), "{line}");
-        assert!(line.contains("+0000] \"POST /api/v1/Vault"), "{line}");
+        assert!(
+            line.starts_with("203.0.113.7 - - [18/Nov/2026:11:06:40 +0000] \"POST /api/v1/Vault"),
+            "{line}"
+        );
         assert!(
             line.contains(" HTTP/2.0\" 201 7 \"-\" \"Mozilla/5.0\" 42 "),
             "{line}"
@@ -339,6 +615,7 @@ mod tests {
     #[test]
     fn json_has_every_field() {
         let v: serde_json::Value = serde_json::from_str(&entry(Format::Json).render()).unwrap();
+        assert_eq!(v["time"], "2026-11-18T11:06:40Z");
         assert_eq!(v["client"], "203.0.113.7");
         assert_eq!(v["method"], "POST");
         assert_eq!(v["protocol"], "HTTP/2.0");
@@ -349,8 +626,52 @@ mod tests {
         assert_eq!(v["upstream"], "api:3001");
         assert_eq!(v["upstream_time"], 0.012);
         assert_eq!(v["request_id"], "0123456789abcdef");
-        assert!(v["time"].as_str().unwrap().starts_with("2026-11-18T"));
+        assert_eq!(v["referer"], serde_json::Value::Null);
+        assert_eq!(v["user_agent"], "Mozilla/5.0");
         assert!(v["duration"].as_f64().unwrap() >= 0.0);
+    }
+
+    /// What peers send is escaped: a JSON line stays one valid JSON value,
+    /// a combined line keeps its quoting, whatever the bytes.
+    #[test]
+    fn peer_bytes_are_escaped() {
+        let mut e = entry(Format::Json);
+        e.user_agent = Some(HeaderValue::from_bytes(b"a\"b\\c\td\xffe").unwrap());
+        e.client = "2001:db8::7".parse().unwrap();
+        e.names = None;
+        e.upstream_time = None;
+        let v: serde_json::Value = serde_json::from_str(&e.render()).unwrap();
+        assert_eq!(v["user_agent"], "a\"b\\c\td\u{FFFD}e");
+        assert_eq!(v["client"], "2001:db8::7");
+        assert_eq!(v["route"], serde_json::Value::Null);
+        assert_eq!(v["upstream_time"], serde_json::Value::Null);
+        e.format = Format::Combined;
+        let line = e.render();
+        assert!(line.contains("\"a\\x22b\\x5Cc\\x09d\\xFFe\""), "{line}");
+        assert!(line.contains(" \"-\" \"-\" - \""), "{line}");
+    }
+
+    #[test]
+    fn numbers_and_dates_without_the_formatter() {
+        for n in [0u64, 7, 10, 4_294_967_296, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+        for (d, want) in [
+            (Duration::ZERO, "0.000"),
+            (Duration::from_micros(1_499), "0.001"),
+            (Duration::from_millis(61_250), "61.250"),
+        ] {
+            let mut out = Vec::new();
+            push_secs(&mut out, d);
+            assert_eq!(out, want.as_bytes());
+        }
+        let d = render_dates(0);
+        assert_eq!(&d.clf, b"01/Jan/1970:00:00:00 +0000");
+        assert_eq!(&d.rfc3339, b"1970-01-01T00:00:00Z");
+        let d = render_dates(951_825_599); // on a leap day
+        assert_eq!(&d.rfc3339, b"2000-02-29T11:59:59Z");
     }
 
     #[test]

@@ -242,8 +242,7 @@ pub(crate) async fn handle(
                 uri,
                 version,
                 status,
-                route: chosen.as_ref().map(|r| r.path.clone()),
-                upstream: chosen.as_ref().map(|r| r.upstream.authority.to_string()),
+                names: chosen.as_ref().map(|r| r.log_names.clone()),
                 // Time to the response head: for a proxied request, the
                 // upstream's answer time plus negligible local work.
                 upstream_time: chosen.as_ref().map(|_| head_time),

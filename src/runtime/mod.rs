@@ -19,6 +19,14 @@ use crate::policy::rate_limit::Limiter;
 use crate::runtime::router::Router;
 use crate::upstream::pool::{self, HttpClient};
 
+/// A route's names as access-log lines show them, rendered once when the
+/// runtime is built and shared by every line (issue 13: no copies per
+/// request).
+pub struct LogNames {
+    pub route: Box<str>,
+    pub upstream: Box<str>,
+}
+
 /// One route, ready to serve.
 pub struct RouteRt {
     pub path: String,
@@ -35,6 +43,7 @@ pub struct RouteRt {
     /// `None` when the route has no rate limit (the default).
     pub limiter: Option<Limiter>,
     pub metrics: Arc<crate::runtime::metrics::RouteMetrics>,
+    pub log_names: Arc<LogNames>,
     /// Every server; one for most routes. Shared with the runtime before a
     /// reload when the route keeps the server, so its balancing and health
     /// state survive the reload (issue 12).
@@ -107,6 +116,10 @@ impl Runtime {
                     access: r.access.clone(),
                     limiter: r.rate_limit.map(Limiter::new),
                     metrics: metrics.route(&r.path),
+                    log_names: Arc::new(LogNames {
+                        route: r.path.as_str().into(),
+                        upstream: r.upstream.authority.as_str().into(),
+                    }),
                     servers: r
                         .servers
                         .iter()
