@@ -13,7 +13,11 @@ Gatehouse/nginx ratios. Everything runs on 127.0.0.1 and every run is
 bounded by --duration.
 
 The CPU figure is the proxy's own utime+stime from /proc divided by the
-requests it served: the figure that holds on a noisy 2-core machine.
+requests it served: the figure that holds on a noisy 2-core machine;
+user and system time are reported apart. Every scenario runs twice per
+round, with access logs off and on (each proxy's own default format,
+written to a file: Gatehouse's stdout, nginx's access_log, HAProxy's
+`log stdout`), and the ratios include HAProxy's.
 """
 
 import argparse
@@ -105,15 +109,17 @@ def tree(pid):
 
 
 def cpu_seconds(pids):
-    total = 0
+    """(user, system) seconds of the processes."""
+    user = system = 0
     for p in pids:
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            system += int(fields[12])
         except OSError:
             pass
-    return total / CLK_TCK
+    return user / CLK_TCK, system / CLK_TCK
 
 
 def status_kib(pids, key):
@@ -130,10 +136,13 @@ def status_kib(pids, key):
 
 
 class Peer:
-    def __init__(self, name, argv, http, https, env=None):
+    def __init__(self, name, argv, http, https, env=None, stdout_path=None):
         self.name, self.http, self.https = name, http, https
-        self.proc = subprocess.Popen(["taskset", "-c", PROXY_CORE] + argv, stdout=subprocess.DEVNULL,
+        out = open(stdout_path, "ab") if stdout_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(["taskset", "-c", PROXY_CORE] + argv, stdout=out,
                                      stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        if stdout_path:
+            out.close()
         wait_port(http, self.proc)
         wait_port(https, self.proc)
 
@@ -198,15 +207,15 @@ http {{
     return proc
 
 
-def gatehouse_peer(binary, d, cert, key, up, ws, http, https):
+def gatehouse_peer(binary, d, cert, key, up, ws, http, https, logs):
+    # With logs, each proxy's default format, into a file.
     conf = write(os.path.join(d, "gatehouse.toml"), f"""
 http_port = {http}
 https_port = {https}
 bind = ["127.0.0.1"]
 workers = 1
 force_https_redirect = false
-# nginx and HAProxy run without access logs here too.
-log_format = "off"
+log_format = "{'combined' if logs else 'off'}"
 
 [tls]
 cert = "{cert}"
@@ -229,10 +238,11 @@ path = "/big"
 upstream = "http://127.0.0.1:{up}"
 """)
     env = dict(os.environ, RUST_LOG="warn")
-    return Peer("gatehouse", [binary, "--config", conf], http, https, env=env)
+    return Peer("gatehouse", [binary, "--config", conf], http, https, env=env,
+                stdout_path=os.path.join(d, "gatehouse-access.log") if logs else None)
 
 
-def nginx_peer(d, cert, key, up, ws, http, https):
+def nginx_peer(d, cert, key, up, ws, http, https, logs):
     headers = "\n".join(f"        add_header {k} \"{v}\" always;" for k, v in SECURITY_HEADERS)
     proxy = """
             proxy_http_version 1.1;
@@ -247,7 +257,7 @@ pid {d}/nginx.pid;
 error_log stderr crit;
 events {{ worker_connections 30000; }}
 http {{
-    access_log off;
+    {f"access_log {d}/nginx-access.log combined;" if logs else "access_log off;"}
     keepalive_requests 1000000;
     ssl_protocols TLSv1.2 TLSv1.3;
     ssl_session_cache shared:SSL:10m;
@@ -275,7 +285,7 @@ http {{
     return Peer("nginx", ["nginx", "-c", conf, "-g", "daemon off;", "-e", "stderr"], http, https)
 
 
-def haproxy_peer(d, combined, up, ws, http, https):
+def haproxy_peer(d, combined, up, ws, http, https, logs):
     headers = "\n".join(f"    http-response set-header {k} \"{v}\"" for k, v in SECURITY_HEADERS)
     conf = write(os.path.join(d, "haproxy.cfg"), f"""
 global
@@ -287,6 +297,7 @@ global
     ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
     mode http
+{"    log stdout format raw local0" + chr(10) + "    option httplog" if logs else ""}
     timeout connect 10s
     timeout client 60s
     timeout server 60s
@@ -308,7 +319,8 @@ backend up
 backend ws
     server ws 127.0.0.1:{ws}
 """)
-    return Peer("haproxy", ["haproxy", "-f", conf, "-db"], http, https)
+    return Peer("haproxy", ["haproxy", "-f", conf, "-db"], http, https,
+                stdout_path=os.path.join(d, "haproxy-access.log") if logs else None)
 
 
 def pct(sorted_values, p):
@@ -391,7 +403,7 @@ SCENARIOS = [
 
 def measure(scenario, peer, wsbench, duration, d):
     pids = peer.pids()
-    cpu0 = cpu_seconds(pids)
+    user0, sys0 = cpu_seconds(pids)
     if scenario == "h1_plain_small":
         r = run_wrk(f"http://127.0.0.1:{peer.http}/small", 32, duration)
     elif scenario == "h1_tls_small":
@@ -410,8 +422,11 @@ def measure(scenario, peer, wsbench, duration, d):
         r = run_idle(wsbench, peer, 9000 if peer.name == "haproxy" else 10000)
     else:
         raise ValueError(scenario)
-    cpu = cpu_seconds(peer.pids()) - cpu0
-    r["cpu_us_per_req"] = cpu * 1e6 / r["requests"] if r["requests"] else float("nan")
+    user1, sys1 = cpu_seconds(peer.pids())
+    per = (lambda s: s * 1e6 / r["requests"]) if r["requests"] else (lambda s: float("nan"))
+    r["user_us_per_req"] = per(user1 - user0)
+    r["sys_us_per_req"] = per(sys1 - sys0)
+    r["cpu_us_per_req"] = per(user1 - user0 + sys1 - sys0)
     r["peak_rss_mib"] = status_kib(peer.pids(), "VmHWM") / 1024
     return r
 
@@ -466,6 +481,7 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"))
     ap.add_argument("--peers", default="gatehouse,nginx,haproxy")
     ap.add_argument("--scenarios", default=",".join(name for name, _ in SCENARIOS))
+    ap.add_argument("--logs", default="off,on", help="access log modes to run: off, on or both")
     args = ap.parse_args()
     install()
     gatehouse_bin, wsbench = build()
@@ -479,34 +495,39 @@ def main():
                                stdout=subprocess.DEVNULL, start_new_session=True)
     wait_port(ws_port, ws_echo)
     peers = args.peers.split(",")
-    results = {}  # (scenario, peer) -> [result per round]
+    modes = [m == "on" for m in args.logs.split(",")]
+    results = {}  # (scenario, peer, logs) -> [result per round]
     try:
         for rnd in range(args.rounds):
             for scenario, _ in SCENARIOS:
                 if scenario not in args.scenarios.split(","):
                     continue
-                for name in peers:
-                    http, https = free_port(), free_port()
-                    if name == "gatehouse":
-                        peer = gatehouse_peer(gatehouse_bin, d, cert, key, up_port, ws_port, http, https)
-                    elif name == "nginx":
-                        peer = nginx_peer(d, cert, key, up_port, ws_port, http, https)
-                    else:
-                        peer = haproxy_peer(d, combined, up_port, ws_port, http, https)
-                    try:
-                        r = measure(scenario, peer, wsbench, args.duration, d)
-                    finally:
-                        peer.stop()
-                    results.setdefault((scenario, name), []).append(r)
-                    print(f"round {rnd + 1} {scenario:15} {name:10} {r['rps']:>10.0f} req/s  p50 {r['p50']:>8.0f}us  "
-                          f"p99 {r['p99']:>8.0f}us  cpu {r['cpu_us_per_req']:>7.2f}us/req  rss {r['peak_rss_mib']:.1f}MiB"
-                          + (f"  {r['kib_per_conn']:.2f}KiB/conn" if "kib_per_conn" in r else "")
-                          + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
+                # Idle connections log nothing: one mode is enough.
+                for logs in (modes[:1] if scenario == "idle_10k" else modes):
+                    for name in peers:
+                        http, https = free_port(), free_port()
+                        if name == "gatehouse":
+                            peer = gatehouse_peer(gatehouse_bin, d, cert, key, up_port, ws_port, http, https, logs)
+                        elif name == "nginx":
+                            peer = nginx_peer(d, cert, key, up_port, ws_port, http, https, logs)
+                        else:
+                            peer = haproxy_peer(d, combined, up_port, ws_port, http, https, logs)
+                        try:
+                            r = measure(scenario, peer, wsbench, args.duration, d)
+                        finally:
+                            peer.stop()
+                        results.setdefault((scenario, name, logs), []).append(r)
+                        print(f"round {rnd + 1} {scenario:15} {name:10} logs {'on ' if logs else 'off'} "
+                              f"{r['rps']:>10.0f} req/s  p50 {r['p50']:>8.0f}us  p99 {r['p99']:>8.0f}us  "
+                              f"cpu {r['cpu_us_per_req']:>7.2f}us/req (user {r['user_us_per_req']:.2f}, "
+                              f"sys {r['sys_us_per_req']:.2f})  rss {r['peak_rss_mib']:.1f}MiB"
+                              + (f"  {r['kib_per_conn']:.2f}KiB/conn" if "kib_per_conn" in r else "")
+                              + (f"  errors {r['errors']}" if r["errors"] else ""), flush=True)
             if "h1_plain_small" not in args.scenarios.split(","):
                 continue
             direct = Direct(up_port, upstream)
             r = measure("h1_plain_small", direct, wsbench, args.duration, d)
-            results.setdefault(("h1_plain_small", "direct"), []).append(r)
+            results.setdefault(("h1_plain_small", "direct", modes[0]), []).append(r)
             print(f"round {rnd + 1} h1_plain_small  direct     {r['rps']:>10.0f} req/s  p50 {r['p50']:>8.0f}us  "
                   f"p99 {r['p99']:>8.0f}us", flush=True)
     finally:
@@ -525,46 +546,61 @@ def main():
 
 
 def render(results, peers, args):
+    modes = [m == "on" for m in args.logs.split(",")]
     lines = []
     lines.append("# Benchmarks\n")
     lines.append(f"Machine: {machine()}.  ")
     lines.append(f"Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.  ")
     lines.append(f"Command: `bench/run.py --rounds {args.rounds} --duration {args.duration}` "
-                 f"({args.rounds} rounds of {args.duration} s per scenario and peer, peers interleaved, medians).\n")
+                 f"({args.rounds} rounds of {args.duration} s per scenario, peer and log mode, peers interleaved, "
+                 "medians).\n")
     lines.append("Every proxy runs one worker pinned to core 0; wrk, h2load, the WebSocket client and the upstream "
                  "(nginx serving 13 B and 64 KiB, and a WebSocket echo) share core 1. All three proxies add the same "
                  "five security headers and the same forwarding headers, use the same ECDSA P-256 certificate and "
-                 "keep upstream connections alive. CPU is the proxy's utime+stime per request from /proc; peak RSS "
-                 "is VmHWM (nginx: master and worker).\n")
+                 "keep upstream connections alive. With access logs on, each proxy writes its default format to a "
+                 "file (Gatehouse combined on stdout, nginx combined, HAProxy httplog on stdout). CPU is the proxy's "
+                 "utime+stime per request from /proc, user and system apart; peak RSS is VmHWM (nginx: master and "
+                 "worker).\n")
     lines.append("Versions: " + "; ".join(f"{k} `{v}`" for k, v in versions().items()) + ".\n")
-    lines.append("| scenario | peer | req/s | p50 µs | p99 µs | CPU µs/req | peak RSS MiB | KiB/idle conn | errors |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for scenario, title in SCENARIOS:
-        for name in peers + (["direct"] if scenario == "h1_plain_small" else []):
-            rs = results.get((scenario, name), [])
-            if not rs:
+    for logs in modes:
+        lines.append(f"## Access logs {'on' if logs else 'off'}\n")
+        lines.append("| scenario | peer | req/s | p50 µs | p99 µs | CPU µs/req | user | system | peak RSS MiB "
+                     "| KiB/idle conn | errors |")
+        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for scenario, title in SCENARIOS:
+            for name in peers + (["direct"] if scenario == "h1_plain_small" else []):
+                rs = results.get((scenario, name, logs), [])
+                if not rs:
+                    continue
+                kib = median_of(rs, "kib_per_conn") if "kib_per_conn" in rs[0] else None
+                lines.append(f"| {title} | {name} | {median_of(rs, 'rps'):.0f} | {median_of(rs, 'p50'):.0f} | "
+                             f"{median_of(rs, 'p99'):.0f} | {median_of(rs, 'cpu_us_per_req'):.2f} | "
+                             f"{median_of(rs, 'user_us_per_req'):.2f} | {median_of(rs, 'sys_us_per_req'):.2f} | "
+                             f"{median_of(rs, 'peak_rss_mib'):.1f} | {'' if kib is None else f'{kib:.2f}'} | "
+                             f"{sum(r['errors'] for r in rs)} |")
+        lines.append("")
+        lines.append(f"Ratios, access logs {'on' if logs else 'off'} (medians; below 1 is better for CPU, latency "
+                     "and memory):\n")
+        lines.append("| scenario | CPU/req ÷ nginx | user ÷ nginx | system ÷ nginx | CPU/req ÷ HAProxy | p99 ÷ nginx "
+                     "| peak RSS ÷ nginx | KiB/idle conn ÷ nginx | req/s ÷ nginx |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for scenario, title in SCENARIOS:
+            g = results.get((scenario, "gatehouse", logs))
+            n = results.get((scenario, "nginx", logs))
+            h = results.get((scenario, "haproxy", logs))
+            if not g or not n:
                 continue
-            kib = median_of(rs, "kib_per_conn") if "kib_per_conn" in rs[0] else None
-            lines.append(f"| {title} | {name} | {median_of(rs, 'rps'):.0f} | {median_of(rs, 'p50'):.0f} | "
-                         f"{median_of(rs, 'p99'):.0f} | {median_of(rs, 'cpu_us_per_req'):.2f} | "
-                         f"{median_of(rs, 'peak_rss_mib'):.1f} | {'' if kib is None else f'{kib:.2f}'} | "
-                         f"{sum(r['errors'] for r in rs)} |")
-    lines.append("")
-    lines.append("Ratios Gatehouse / nginx (medians; below 1 is better for CPU, latency and memory):\n")
-    lines.append("| scenario | CPU/req | p99 | peak RSS | KiB/idle conn | req/s |")
-    lines.append("|---|---:|---:|---:|---:|---:|")
-    for scenario, title in SCENARIOS:
-        g, n = results.get((scenario, "gatehouse")), results.get((scenario, "nginx"))
-        if not g or not n:
-            continue
 
-        def ratio(key):
-            a, b = median_of(g, key), median_of(n, key)
-            return f"{a / b:.2f}" if b else "n/a"
-        kib = ratio("kib_per_conn") if "kib_per_conn" in g[0] else ""
-        lines.append(f"| {title} | {ratio('cpu_us_per_req')} | {ratio('p99')} | {ratio('peak_rss_mib')} | {kib} | "
-                     f"{ratio('rps')} |")
-    lines.append("")
+            def ratio(other, key):
+                if not other:
+                    return "n/a"
+                a, b = median_of(g, key), median_of(other, key)
+                return f"{a / b:.2f}" if b else "n/a"
+            kib = ratio(n, "kib_per_conn") if "kib_per_conn" in g[0] else ""
+            lines.append(f"| {title} | {ratio(n, 'cpu_us_per_req')} | {ratio(n, 'user_us_per_req')} | "
+                         f"{ratio(n, 'sys_us_per_req')} | {ratio(h, 'cpu_us_per_req')} | {ratio(n, 'p99')} | "
+                         f"{ratio(n, 'peak_rss_mib')} | {kib} | {ratio(n, 'rps')} |")
+        lines.append("")
     return "\n".join(lines) + "\n"
 
 
