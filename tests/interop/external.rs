@@ -214,15 +214,7 @@ fn finding_ids(json: &serde_json::Value) -> Vec<String> {
 fn assert_all_checks_pass(json: &serde_json::Value, code: i32, text: &str, log: &str) {
     assert_eq!(code, 0, "{text}\n--- proxy log ---\n{log}");
     let checks = json["checks"].as_array().unwrap();
-    for name in [
-        "connection",
-        "diagnostics",
-        "client",
-        "api",
-        "admin",
-        "websocket",
-        "websocket (proxy)",
-    ] {
+    for name in ALL_CHECKS {
         let c = checks
             .iter()
             .find(|c| c["name"] == name)

@@ -66,15 +66,7 @@ async fn doctor_passes_against_gatehouse_directly_and_reports_tls_trouble() {
     let url = format!("https://{HOST}:{}", proxy.https.port());
     let o = direct(&proxy, Some(TOKEN)).await;
     assert!(o.ok(), "{}", o.render());
-    for name in [
-        "connection",
-        "diagnostics",
-        "client",
-        "api",
-        "admin",
-        "websocket",
-        "websocket (proxy)",
-    ] {
+    for name in ALL_CHECKS {
         assert!(check(&o, name).ok, "{name}: {}", o.render());
     }
     assert!(check(&o, "api").detail.contains("\"OK\""), "{}", o.render());

@@ -12,6 +12,17 @@ use hyper_util::rt::TokioIo;
 
 use super::*;
 
+/// Every check `gatehouse doctor` runs with a token.
+pub const ALL_CHECKS: [&str; 7] = [
+    "connection",
+    "diagnostics",
+    "client",
+    "api",
+    "admin",
+    "websocket",
+    "websocket (proxy)",
+];
+
 pub const TOKEN: &str = "doctor-test-token-0123456789";
 pub const HOST: &str = "gatehouse.test";
 /// The connection token the fake Blazor negotiate hands out.
