@@ -55,6 +55,7 @@
 // or below (tests/it/layers.rs checks every import).
 pub mod base;
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 #[doc(hidden)]

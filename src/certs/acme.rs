@@ -19,6 +19,8 @@ use instant_acme::{
 };
 
 use crate::certs::{self, CertResolver, CertSource};
+use crate::cluster::store::Lock;
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{AcmeSettings, Challenge};
 
 /// HTTP-01 tokens being validated: token → key authorization.
@@ -78,6 +80,14 @@ pub enum AcmeError {
     },
     #[error("file work on the blocking pool stopped")]
     Stopped(#[source] tokio::task::JoinError),
+    #[error("the cluster's shared state")]
+    Cluster(#[from] ClusterError),
+    /// Another replica holds the order lock now: this order is abandoned
+    /// and its certificate, if any, not stored (issue 14's fencing).
+    #[error("this replica lost the cluster's order lock")]
+    LockLost,
+    #[error("the cluster's certificate cannot be served")]
+    Shared(#[source] certs::CertError),
 }
 
 impl From<instant_acme::Error> for AcmeError {
@@ -107,7 +117,13 @@ pub struct Manager {
     pub letsencrypt_dir: PathBuf,
     pub resolver: Arc<CertResolver>,
     pub tokens: Tokens,
+    /// Replicas order one at a time and share what they get (issue 14).
+    pub cluster: Option<Arc<Cluster>>,
 }
+
+/// How often a replica checks the cluster for a certificate another
+/// replica issued, besides the notice on the channel.
+const SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The first retry waits this long; each failure doubles it up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(30);
@@ -178,6 +194,9 @@ impl Manager {
     /// Runs for the life of the server: issue when due, then sleep until the
     /// renewal time; on failure retry with backoff.
     pub async fn run(self) {
+        if let Some(cluster) = self.cluster.clone() {
+            return self.run_shared(cluster).await;
+        }
         let mut failures = 0u32;
         loop {
             let due = self.due_in().await;
@@ -191,40 +210,175 @@ impl Manager {
                 tokio::time::sleep(due.min(Duration::from_secs(86_400))).await;
                 continue;
             }
-            match self.issue().await {
+            match self.issue(None).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     failures += 1;
-                    let rate_limited = matches!(&e, AcmeError::Problem(p)
-                        if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited"));
-                    let retry_after = match &e {
-                        AcmeError::Client(instant_acme::Error::Timeout(Some(at))) => {
-                            Some(at.saturating_duration_since(std::time::Instant::now()))
-                        }
-                        _ => None,
-                    };
-                    let wait = backoff(failures, retry_after, rate_limited);
-                    tracing::error!(
-                        "ACME: obtaining a certificate for {} failed: {}; retrying in {}s",
-                        self.hostname,
-                        crate::base::error_chain::ErrorChain(&e),
-                        wait.as_secs()
-                    );
-                    tokio::time::sleep(wait).await;
+                    tokio::time::sleep(self.failed(&e, failures)).await;
                 }
             }
         }
     }
 
+    /// Logs a failed attempt and returns the wait before the next one.
+    fn failed(&self, e: &AcmeError, failures: u32) -> Duration {
+        let rate_limited = matches!(e, AcmeError::Problem(p)
+            if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited"));
+        let retry_after = match e {
+            AcmeError::Client(instant_acme::Error::Timeout(Some(at))) => {
+                Some(at.saturating_duration_since(std::time::Instant::now()))
+            }
+            _ => None,
+        };
+        let wait = backoff(failures, retry_after, rate_limited);
+        tracing::error!(
+            "ACME: obtaining a certificate for {} failed: {}; retrying in {}s",
+            self.hostname,
+            crate::base::error_chain::ErrorChain(e),
+            wait.as_secs()
+        );
+        wait
+    }
+
+    /// The cluster's loop (issue 14): take over what another replica
+    /// issued; when the certificate is due, order only while holding the
+    /// cluster's lock, renewing it as the order runs; store the result
+    /// fenced by the lock's token and announce it. Replicas that did not
+    /// get the lock wait for the notice or the next periodic check.
+    async fn run_shared(self, cluster: Arc<Cluster>) {
+        let notice = Arc::new(tokio::sync::Notify::new());
+        let _listener = AbortOnDrop(tokio::spawn(listen(
+            cluster.clone(),
+            self.resolver.clone(),
+            self.hostname.clone(),
+            notice.clone(),
+        )));
+        let mut seen = None;
+        let mut failures = 0u32;
+        let retry_lock = SYNC_INTERVAL.min(cluster.settings.lock_ttl / 3);
+        loop {
+            if let Err(e) = self.adopt(&cluster, &mut seen).await {
+                tracing::warn!(
+                    "ACME: cannot check the cluster's certificate for {}: {}",
+                    self.hostname,
+                    crate::base::error_chain::ErrorChain(&e)
+                );
+            }
+            let due = self.due_in().await;
+            if !due.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(due.min(SYNC_INTERVAL)) => {}
+                    _ = notice.notified() => {}
+                }
+                continue;
+            }
+            let lock = match cluster.lock(&self.hostname).await {
+                Ok(Some(lock)) => lock,
+                Ok(None) => {
+                    tracing::debug!("ACME: another replica is ordering for {}", self.hostname);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry_lock) => {}
+                        _ = notice.notified() => {}
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    // Without the lock no replica orders: N orders against
+                    // the CA's limits are worse than a late renewal, and a
+                    // third of the lifetime is left when renewal starts.
+                    tracing::warn!(
+                        "ACME: cannot take the cluster's order lock for {}: {}; not ordering until Redis answers",
+                        self.hostname,
+                        crate::base::error_chain::ErrorChain(&e)
+                    );
+                    tokio::time::sleep(retry_lock).await;
+                    continue;
+                }
+            };
+            tracing::info!(
+                "ACME: replica {} holds the order lock for {} (token {})",
+                cluster.settings.name,
+                self.hostname,
+                lock.fence
+            );
+            // The lock may have been free because another replica just
+            // finished: take its certificate instead of ordering again.
+            let _ = self.adopt(&cluster, &mut seen).await;
+            let result = if self.due_in().await.is_zero() {
+                tokio::select! {
+                    r = self.issue(Some((&cluster, &lock))) => r,
+                    () = keep_lock(&cluster, &lock) => Err(AcmeError::LockLost),
+                }
+            } else {
+                Ok(())
+            };
+            cluster.release(&lock).await;
+            match result {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    let wait = self.failed(&e, failures);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = notice.notified() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Serves the cluster's certificate when it is not the one this
+    /// replica last saw, and writes certbot's files when they differ (a
+    /// restart without Redis then serves it).
+    async fn adopt(&self, cluster: &Cluster, seen: &mut Option<u64>) -> Result<(), AcmeError> {
+        let fence = cluster.cert_fence(&self.hostname).await?;
+        if fence.is_none() || fence == *seen {
+            return Ok(());
+        }
+        let Some(shared) = cluster.cert(&self.hostname).await? else {
+            return Ok(());
+        };
+        let ck = certs::certified_key(
+            shared.fullchain.as_bytes(),
+            shared.privkey.as_bytes(),
+            Path::new("the cluster's certificate"),
+        )
+        .map_err(AcmeError::Shared)?;
+        let (fullchain, _) = self.live();
+        let on_disk = tokio::fs::read_to_string(&fullchain).await.ok();
+        if on_disk.as_deref() != Some(shared.fullchain.as_str()) {
+            self.write_live(shared.fullchain.clone(), shared.privkey.clone())
+                .await?;
+        }
+        self.resolver.set(ck.clone());
+        if shared.replica != cluster.settings.name {
+            cluster
+                .stats
+                .certs_adopted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let info = certs::inspect(&ck, CertSource::Acme(fullchain)).map_err(AcmeError::Shared)?;
+            tracing::info!(
+                "ACME: serving the certificate replica {} issued (token {}): {info}",
+                shared.replica,
+                shared.fence
+            );
+        }
+        *seen = Some(shared.fence);
+        Ok(())
+    }
+
     /// One issuance: account, order, challenges, CSR, certificate, files.
-    pub async fn issue(&self) -> Result<(), AcmeError> {
+    /// In a cluster, under `lock`: answers go to Redis too, and the
+    /// certificate is stored there (fenced) before this replica serves it.
+    pub async fn issue(&self, shared: Option<(&Cluster, &Lock)>) -> Result<(), AcmeError> {
+        let cluster = shared.map(|(c, _)| c);
         let names = self.names();
         tracing::info!(
             "ACME: requesting a certificate for {} from {}",
             names.join(", "),
             self.settings.directory
         );
-        let account = self.account().await?;
+        let account = self.account(cluster).await?;
         let identifiers: Vec<Identifier> = names
             .iter()
             .map(|n| match n.parse::<std::net::IpAddr>() {
@@ -244,6 +398,7 @@ impl Manager {
             let mut answers = Answers {
                 resolver: &self.resolver,
                 tokens: &self.tokens,
+                cluster: cluster.and(self.cluster.clone()),
                 installed: Vec::new(),
             };
             let mut authorizations = order.authorizations();
@@ -272,13 +427,13 @@ impl Manager {
                         })
                         .await
                         .map_err(AcmeError::Stopped)??;
-                        answers.install(Answer::TlsAlpn(name), Some(cert), "");
+                        answers.install_alpn(name, cert).await?;
                     }
-                    _ => answers.install(
-                        Answer::Http(challenge.token.clone()),
-                        None,
-                        key_auth.as_str(),
-                    ),
+                    _ => {
+                        answers
+                            .install_http(challenge.token.clone(), key_auth.as_str())
+                            .await?
+                    }
                 }
                 challenge.set_ready().await?;
             }
@@ -315,6 +470,23 @@ impl Manager {
             Path::new("ACME order"),
         )
         .map_err(AcmeError::Issued)?;
+        if let Some((cluster, lock)) = shared {
+            // Stored only while the lock is ours and no newer token stored
+            // one; a replica that lost its lock throws its certificate away.
+            if !cluster
+                .store_cert(lock, &chain, &key_pem, certs::unix_now())
+                .await?
+            {
+                return Err(AcmeError::LockLost);
+            }
+            if let Err(e) = cluster.publish(&format!("cert {}", self.hostname)).await {
+                // The others find it at their next periodic check.
+                tracing::warn!(
+                    "ACME: cannot announce the new certificate: {}",
+                    crate::base::error_chain::ErrorChain(&e)
+                );
+            }
+        }
         self.write_live(chain.clone(), key_pem).await?;
         let (cert_path, _) = self.live();
         let info = certs::inspect(&ck, CertSource::Acme(cert_path)).map_err(AcmeError::Issued)?;
@@ -352,25 +524,44 @@ impl Manager {
         .map_err(AcmeError::Stopped)?
     }
 
-    fn account_path(&self) -> PathBuf {
-        let host = self
-            .settings
+    /// The directory's host and port, as the account's file and its
+    /// cluster key name it.
+    fn directory_key(&self) -> String {
+        self.settings
             .directory
             .parse::<http::Uri>()
             .ok()
             .and_then(|u| u.authority().map(|a| a.as_str().replace(':', "_")))
-            .unwrap_or_else(|| "directory".into());
+            .unwrap_or_else(|| "directory".into())
+    }
+
+    fn account_path(&self) -> PathBuf {
         self.letsencrypt_dir
             .join("gatehouse")
-            .join(host)
+            .join(self.directory_key())
             .join("account.json")
     }
 
-    /// Loads the saved account for this directory, or registers one (with
-    /// External Account Binding when configured) and saves it, mode 0600.
-    async fn account(&self) -> Result<Account, AcmeError> {
+    /// Loads the saved account for this directory (the cluster's first,
+    /// then the file), or registers one (with External Account Binding
+    /// when configured) and saves it, mode 0600, and in the cluster.
+    async fn account(&self, cluster: Option<&Cluster>) -> Result<Account, AcmeError> {
         let path = self.account_path();
-        if let Ok(text) = tokio::fs::read(&path).await {
+        let directory_key = self.directory_key();
+        let stored = match cluster {
+            Some(c) => c.account(&directory_key).await?,
+            None => None,
+        };
+        if let Some(text) = stored {
+            if let Ok(creds) = serde_json::from_str::<AccountCredentials>(&text) {
+                return Ok(Account::builder_with_http(self.http().await?)
+                    .from_credentials(creds)
+                    .await?);
+            }
+            tracing::warn!(
+                "ACME: the cluster's account for {directory_key} is not valid; registering a new account"
+            );
+        } else if let Ok(text) = tokio::fs::read(&path).await {
             if let Ok(creds) = serde_json::from_slice::<AccountCredentials>(&text) {
                 return Ok(Account::builder_with_http(self.http().await?)
                     .from_credentials(creds)
@@ -404,6 +595,10 @@ impl Manager {
             )
             .await?;
         let json = serde_json::to_vec_pretty(&creds).map_err(AcmeError::Account)?;
+        if let Some(c) = cluster {
+            c.set_account(&directory_key, &String::from_utf8_lossy(&json))
+                .await?;
+        }
         tokio::task::spawn_blocking(move || {
             certs::write_file(&path, &json, 0o600).map_err(|source| AcmeError::Io { path, source })
         })
@@ -468,39 +663,64 @@ enum Answer {
 }
 
 /// The answers of one order, withdrawn when dropped: at the end of the
-/// order and when the task running it is aborted.
+/// order and when the task running it is aborted. In a cluster they are
+/// also in Redis, for whichever replica the CA happens to reach.
 struct Answers<'a> {
     resolver: &'a CertResolver,
     tokens: &'a Tokens,
+    cluster: Option<Arc<Cluster>>,
     installed: Vec<Answer>,
 }
 
 impl Answers<'_> {
-    fn install(
+    async fn install_http(
         &mut self,
-        answer: Answer,
-        cert: Option<Arc<rustls::sign::CertifiedKey>>,
+        token: String,
         key_authorization: &str,
-    ) {
-        match &answer {
-            Answer::Http(token) => {
-                lock(self.tokens).insert(token.clone(), key_authorization.to_string());
-            }
-            Answer::TlsAlpn(name) => self.resolver.set_challenge(name, cert),
+    ) -> Result<(), AcmeError> {
+        lock(self.tokens).insert(token.clone(), key_authorization.to_string());
+        self.installed.push(Answer::Http(token.clone()));
+        if let Some(c) = &self.cluster {
+            c.set_http01(&token, key_authorization).await?;
         }
-        self.installed.push(answer);
+        Ok(())
+    }
+
+    async fn install_alpn(&mut self, name: String, cert: Validation) -> Result<(), AcmeError> {
+        self.resolver.set_challenge(&name, Some(cert.key));
+        self.installed.push(Answer::TlsAlpn(name.clone()));
+        if let Some(c) = &self.cluster {
+            c.set_alpn(&name, &cert.cert_pem, &cert.key_pem).await?;
+        }
+        Ok(())
     }
 }
 
 impl Drop for Answers<'_> {
     fn drop(&mut self) {
-        for answer in self.installed.drain(..) {
+        let installed = std::mem::take(&mut self.installed);
+        for answer in &installed {
             match answer {
                 Answer::Http(token) => {
-                    lock(self.tokens).remove(&token);
+                    lock(self.tokens).remove(token);
                 }
-                Answer::TlsAlpn(name) => self.resolver.set_challenge(&name, None),
+                Answer::TlsAlpn(name) => self.resolver.set_challenge(name, None),
             }
+        }
+        // Redis's copies expire by themselves; withdrawing them early is
+        // worth one task, when a runtime is still there to run it.
+        if let (Some(c), Ok(rt)) = (
+            self.cluster.clone(),
+            tokio::runtime::Handle::try_current(),
+        ) {
+            rt.spawn(async move {
+                for answer in installed {
+                    let _ = match answer {
+                        Answer::Http(token) => c.del_http01(&token).await,
+                        Answer::TlsAlpn(name) => c.del_alpn(&name).await,
+                    };
+                }
+            });
         }
     }
 }
@@ -509,13 +729,18 @@ fn lock(tokens: &Tokens) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
     tokens.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A TLS-ALPN-01 validation certificate, ready to serve and as PEM for
+/// the other replicas.
+struct Validation {
+    key: Arc<rustls::sign::CertifiedKey>,
+    cert_pem: String,
+    key_pem: String,
+}
+
 /// The TLS-ALPN-01 validation certificate (RFC 8737 §3): self-signed, SAN =
 /// the name, and the critical acmeIdentifier extension holding the SHA-256
 /// of the key authorization.
-fn validation_cert(
-    name: &str,
-    digest: &[u8],
-) -> Result<Arc<rustls::sign::CertifiedKey>, AcmeError> {
+fn validation_cert(name: &str, digest: &[u8]) -> Result<Validation, AcmeError> {
     let mut params =
         rcgen::CertificateParams::new(vec![name.to_string()]).map_err(AcmeError::Key)?;
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
@@ -526,12 +751,115 @@ fn validation_cert(
     // parses the certificate with webpki, which (rightly, for a served
     // certificate) refuses the unknown critical acmeIdentifier extension.
     let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    Ok(Validation {
+        key: validation_key(cert.der().clone(), &der)?,
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn validation_key(
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: &rustls::pki_types::PrivateKeyDer<'_>,
+) -> Result<Arc<rustls::sign::CertifiedKey>, AcmeError> {
     let signing =
-        rustls::crypto::ring::sign::any_supported_type(&der).map_err(AcmeError::ValidationKey)?;
-    Ok(Arc::new(rustls::sign::CertifiedKey::new(
-        vec![cert.der().clone()],
-        signing,
-    )))
+        rustls::crypto::ring::sign::any_supported_type(key).map_err(AcmeError::ValidationKey)?;
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(vec![cert], signing)))
+}
+
+/// A validation certificate another replica stored (certificate and key
+/// PEM in one text), ready to serve.
+fn validation_from_pem(pem: &str) -> Option<Arc<rustls::sign::CertifiedKey>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let cert = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
+    let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).ok()?;
+    validation_key(cert, &key).ok()
+}
+
+/// Aborts a background task when its owner goes: an aborted manager
+/// leaves no listener behind.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the order lock every third of its lifetime; returns when the
+/// lock is lost (taken over, or Redis unreachable for as long as the lock
+/// lives), which abandons the order.
+async fn keep_lock(cluster: &Cluster, lock: &Lock) {
+    let ttl = cluster.settings.lock_ttl;
+    let mut last_ok = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match cluster.renew(lock).await {
+            Ok(true) => last_ok = std::time::Instant::now(),
+            Ok(false) => {
+                tracing::warn!("ACME: the order lock for {} was taken over", lock.host);
+                return;
+            }
+            Err(e) if last_ok.elapsed() >= ttl => {
+                tracing::warn!(
+                    "ACME: the order lock for {} could not be renewed: {}",
+                    lock.host,
+                    crate::base::error_chain::ErrorChain(&e)
+                );
+                return;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Follows the cluster's channel for the life of the manager: a new
+/// certificate wakes the loop; a validation certificate another replica
+/// stored is served here too (the CA may connect to any replica).
+/// Resubscribes after an error; a notice missed meanwhile is caught by
+/// the check that follows every (re)subscription.
+async fn listen(
+    cluster: Arc<Cluster>,
+    resolver: Arc<CertResolver>,
+    hostname: String,
+    notice: Arc<tokio::sync::Notify>,
+) {
+    use futures_util::StreamExt;
+    loop {
+        let mut pubsub = match cluster.pubsub().await {
+            Ok(p) => p,
+            Err(_) => {
+                tokio::time::sleep(SYNC_INTERVAL).await;
+                continue;
+            }
+        };
+        if pubsub.subscribe(cluster.channel()).await.is_err() {
+            tokio::time::sleep(SYNC_INTERVAL).await;
+            continue;
+        }
+        notice.notify_one();
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            let Ok(event) = msg.get_payload::<String>() else {
+                continue;
+            };
+            match event.split_once(' ') {
+                Some(("cert", host)) if host == hostname => notice.notify_one(),
+                Some(("alpn", name)) => {
+                    if let Ok(Some(pem)) = cluster.alpn(name).await {
+                        if let Some(key) = validation_from_pem(&pem) {
+                            resolver.set_challenge(name, Some(key));
+                        }
+                    }
+                }
+                Some(("alpn-done", name)) => resolver.set_challenge(name, None),
+                _ => {}
+            }
+        }
+        drop(messages);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[cfg(test)]

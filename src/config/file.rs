@@ -33,6 +33,9 @@ pub struct File {
     pub listener: Option<Listener>,
     pub tls: Option<Tls>,
     pub acme: Option<Acme>,
+    /// Spanned: a table without `redis` (and no `GATEHOUSE_REDIS_URL`)
+    /// is an error at the table's line.
+    pub cluster: Option<Spanned<Cluster>>,
     pub metrics: Option<Metrics>,
     pub diagnostics: Option<Diagnostics>,
     pub headers: Option<Headers>,
@@ -94,6 +97,19 @@ pub struct Acme {
     pub ca_roots: Option<Vec<Spanned<String>>>,
     pub eab_kid: Option<Spanned<String>>,
     pub eab_hmac_key: Option<Spanned<String>>,
+}
+
+/// Replicas sharing state through Redis (issue 14).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub redis: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub on_redis_error: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub lock_ttl: Option<Spanned<String>>,
+    pub name: Option<Spanned<String>>,
 }
 
 /// Response header policy, in tower-http's vocabulary: `set` gives a value

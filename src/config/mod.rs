@@ -25,7 +25,7 @@ use toml::Spanned;
 pub use env::Env;
 pub use error::ConfigError;
 pub use model::{
-    Access, AcmeSettings, Challenge, Config, ForwardedFor, HeaderRules, ListenerSettings, OnDeny,
+    Access, AcmeSettings, Challenge, ClusterSettings, Config, OnRedisError, ForwardedFor, HeaderRules, ListenerSettings, OnDeny,
     Route, TlsSettings, Upstream, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
 };
 
@@ -162,6 +162,9 @@ pub fn load(source: &Source, env: &Env) -> Result<Config, ConfigError> {
         name: &name,
         text: &text,
         base_dir: &base_dir,
+        redis_from_env: env
+            .get("GATEHOUSE_REDIS_URL")
+            .is_some_and(|v| !v.value.trim().is_empty()),
     }
     .build(parsed)?;
     if !matches!(source, Source::BuiltIn) {
@@ -175,6 +178,9 @@ struct Builder<'a> {
     name: &'a Path,
     text: &'a str,
     base_dir: &'a Path,
+    /// `GATEHOUSE_REDIS_URL` is set: a `[cluster]` table may leave out
+    /// `redis`.
+    redis_from_env: bool,
 }
 
 impl Builder<'_> {
@@ -345,6 +351,7 @@ impl Builder<'_> {
         };
         let letsencrypt_dir = get(&t.letsencrypt, "certificates/letsencrypt");
         let acme = f.acme.map(|a| self.acme(a)).transpose()?;
+        let cluster = f.cluster.map(|c| self.cluster(c)).transpose()?;
         let log_format = self.choice(f.log_format.as_ref(), "log_format", LOG_FORMATS)?;
         let m = f.metrics.unwrap_or_default();
         let metrics = match (m.enabled.unwrap_or(true), &m.listen) {
@@ -433,6 +440,7 @@ impl Builder<'_> {
             letsencrypt_dir,
             letsencrypt_enabled: false,
             acme,
+            cluster,
             metrics,
             diagnostics_token,
             headers,
@@ -507,6 +515,80 @@ impl Builder<'_> {
                 .map(|p| self.path(p.get_ref()))
                 .collect(),
             eab,
+        })
+    }
+
+    fn cluster(&self, table: Spanned<file::Cluster>) -> Result<ClusterSettings, ConfigError> {
+        let span = table.span();
+        let c = table.into_inner();
+        let redis = match &c.redis {
+            Some(v) => redis_url(v.get_ref()).map_err(|m| self.err(v.span(), "redis", m))?,
+            // Filled in by `GATEHOUSE_REDIS_URL` (checked in `apply_env`).
+            None if self.redis_from_env => String::new(),
+            None => {
+                return Err(self.err(
+                    span,
+                    "redis",
+                    "[cluster] needs redis = \"redis://host:6379/0\" (or GATEHOUSE_REDIS_URL)",
+                ))
+            }
+        };
+        let key_prefix = match &c.key_prefix {
+            None => DEFAULT_KEY_PREFIX.to_string(),
+            Some(v) => {
+                let p = v.get_ref();
+                if p.is_empty() || p.len() > 64 || p.bytes().any(|b| !b.is_ascii_graphic()) {
+                    return Err(self.err(
+                        v.span(),
+                        "key_prefix",
+                        "expected 1 to 64 visible ASCII characters",
+                    ));
+                }
+                p.clone()
+            }
+        };
+        let timeout = match &c.timeout {
+            None => DEFAULT_REDIS_TIMEOUT,
+            Some(v) => {
+                let d = self.duration(v, "timeout")?;
+                if d.is_zero() || d > Duration::from_secs(10) {
+                    return Err(self.err(v.span(), "timeout", "expected from 1ms to 10s"));
+                }
+                d
+            }
+        };
+        let lock_ttl = match &c.lock_ttl {
+            None => DEFAULT_LOCK_TTL,
+            Some(v) => {
+                let d = self.duration(v, "lock_ttl")?;
+                if d < Duration::from_secs(3) || d > Duration::from_secs(3600) {
+                    return Err(self.err(v.span(), "lock_ttl", "expected from 3s to 1h"));
+                }
+                d
+            }
+        };
+        let name = match &c.name {
+            None => default_replica_name(),
+            Some(v) => {
+                let n = v.get_ref();
+                if n.is_empty() || n.len() > 128 || n.bytes().any(|b| !b.is_ascii_graphic()) {
+                    return Err(self.err(
+                        v.span(),
+                        "name",
+                        "expected 1 to 128 visible ASCII characters",
+                    ));
+                }
+                n.clone()
+            }
+        };
+        Ok(ClusterSettings {
+            redis,
+            key_prefix,
+            timeout,
+            on_redis_error: self.choice(c.on_redis_error.as_ref(), "on_redis_error", ON_REDIS_ERROR)?,
+            ca_file: c.ca_file.as_ref().map(|p| self.path(p.get_ref())),
+            lock_ttl,
+            name,
         })
     }
 
@@ -821,6 +903,35 @@ impl Builder<'_> {
     }
 }
 
+const DEFAULT_KEY_PREFIX: &str = "gatehouse:";
+/// A rate-limit decision waits at most this long for Redis (issue 14).
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(50);
+const DEFAULT_LOCK_TTL: Duration = Duration::from_secs(60);
+
+/// `redis` of `[cluster]` or `GATEHOUSE_REDIS_URL`: parsed as the client
+/// will parse it, so a URL it would refuse at start is a config error.
+fn redis_url(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    let scheme_ok = ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|s| v.starts_with(s));
+    if !scheme_ok {
+        return Err("expected a redis://, rediss:// or redis+unix:// URL".into());
+    }
+    redis::Client::open(v).map_err(|e| format!("not a Redis URL: {e}"))?;
+    Ok(v.to_string())
+}
+
+/// This replica's default name: the host name (a container's or a
+/// Kubernetes pod's own) and the process id, unique among replicas.
+fn default_replica_name() -> String {
+    format!(
+        "{}-{}",
+        own_hostname().unwrap_or_else(|| "gatehouse".into()),
+        std::process::id()
+    )
+}
+
 /// `directory` of `[acme]` or `GATEHOUSE_ACME_DIRECTORY`.
 fn acme_directory(v: &str) -> Result<String, &'static str> {
     match v.trim() {
@@ -851,6 +962,11 @@ const FORWARDED_FOR: &[(&str, ForwardedFor)] = &[
 const ON_DENY: &[(&str, OnDeny)] = &[
     ("fallthrough", OnDeny::Fallthrough),
     ("forbidden", OnDeny::Forbidden),
+];
+const ON_REDIS_ERROR: &[(&str, OnRedisError)] = &[
+    ("local", OnRedisError::Local),
+    ("allow", OnRedisError::Allow),
+    ("deny", OnRedisError::Deny),
 ];
 /// `challenge` of `[acme]` or `GATEHOUSE_ACME_CHALLENGE`.
 const CHALLENGES: &[(&str, Challenge)] = &[
@@ -922,6 +1038,33 @@ fn apply_acme_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
             .filter(|p| !p.is_empty())
             .map(PathBuf::from)
             .collect();
+    }
+    Ok(())
+}
+
+/// `GATEHOUSE_REDIS_URL` turns the cluster on without a `[cluster]` table
+/// (a container's `.env`), or replaces the table's `redis`.
+fn apply_cluster_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
+    let Some(v) = env
+        .get("GATEHOUSE_REDIS_URL")
+        .filter(|v| !v.value.trim().is_empty())
+    else {
+        return Ok(());
+    };
+    let redis = redis_url(&v.value).map_err(|m| ConfigError::var("GATEHOUSE_REDIS_URL", v, m))?;
+    match cfg.cluster.as_mut() {
+        Some(c) => c.redis = redis,
+        None => {
+            cfg.cluster = Some(ClusterSettings {
+                redis,
+                key_prefix: DEFAULT_KEY_PREFIX.to_string(),
+                timeout: DEFAULT_REDIS_TIMEOUT,
+                on_redis_error: OnRedisError::Local,
+                ca_file: None,
+                lock_ttl: DEFAULT_LOCK_TTL,
+                name: default_replica_name(),
+            })
+        }
     }
     Ok(())
 }
@@ -1065,6 +1208,7 @@ fn apply_env(cfg: &mut Config, env: &Env) -> Result<(), ConfigError> {
         }
     }
     apply_acme_env(cfg, env)?;
+    apply_cluster_env(cfg, env)?;
     if let Some(v) = env.get("LETSENCRYPT_ENABLED") {
         // AliasVault's entrypoint tests for exactly "true".
         cfg.letsencrypt_enabled = v

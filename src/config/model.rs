@@ -44,6 +44,9 @@ pub struct Config {
     /// `LETSENCRYPT_ENABLED`: serve the certbot-layout files for HOSTNAME.
     pub letsencrypt_enabled: bool,
     pub acme: Option<AcmeSettings>,
+    /// `[cluster]`: replicas sharing rate limits, certificates and ACME
+    /// orders through Redis (issue 14). `None`: everything stays local.
+    pub cluster: Option<ClusterSettings>,
     /// The metrics/health/reload listener; `None` when disabled.
     pub metrics: Option<std::net::SocketAddr>,
     /// The secret that turns on the diagnostic endpoint (`gatehouse
@@ -88,6 +91,73 @@ pub struct AcmeSettings {
     pub ca_roots: Vec<PathBuf>,
     /// External Account Binding: key id and base64url HMAC key.
     pub eab: Option<(String, String)>,
+}
+
+/// `[cluster]` (issue 14).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterSettings {
+    /// `redis://`, `rediss://` (TLS) or `redis+unix://`, password and
+    /// database number in the URL.
+    pub redis: String,
+    /// Put before every key and channel, so several deployments can share
+    /// one Redis.
+    pub key_prefix: String,
+    /// A rate-limit round trip slower than this counts as Redis failing.
+    pub timeout: Duration,
+    pub on_redis_error: OnRedisError,
+    /// A PEM CA to trust for `rediss://` instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// How long the ACME order lock outlives a replica that stopped
+    /// renewing it (a crash, a partition).
+    pub lock_ttl: Duration,
+    /// This replica's name in the lock and in `gatehouse cert`.
+    pub name: String,
+}
+
+impl ClusterSettings {
+    /// The Redis URL with any password replaced, for logs and `check`.
+    pub fn redis_redacted(&self) -> String {
+        redact_url(&self.redis)
+    }
+}
+
+/// `scheme://user:secret@host` → `scheme://user:***@host`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(pair) => pair,
+        None => return url.to_string(),
+    };
+    let user = auth.split_once(':').map_or("", |(u, _)| u);
+    format!("{scheme}://{user}:***@{host}")
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("redis", &self.redis_redacted())
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("on_redis_error", &self.on_redis_error)
+            .field("ca_file", &self.ca_file)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// What a rate-limited request gets while Redis cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRedisError {
+    /// This replica's own limiter: each replica holds clients to the
+    /// limit, so the total is at most replicas × limit.
+    Local,
+    /// Admit without a limit.
+    Allow,
+    /// Refuse (503) until Redis answers again.
+    Deny,
 }
 
 /// Connection limits and timeouts, applied to both ports.
@@ -240,6 +310,16 @@ pub struct Upstream {
 pub struct RateLimit {
     pub per_second: f64,
     pub burst: u32,
+}
+
+impl RateLimit {
+    /// GCRA's emission interval (one request's share of time) and its
+    /// tolerance (the burst), as both the local and the shared limiter use
+    /// them.
+    pub fn gcra(&self) -> (Duration, Duration) {
+        let interval = Duration::from_nanos((1e9 / self.per_second).max(1.0) as u64);
+        (interval, interval.saturating_mul(self.burst.max(1)))
+    }
 }
 
 /// The access log's format.

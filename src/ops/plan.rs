@@ -77,11 +77,22 @@ pub(crate) fn restart_required(running: &Config, new: &Config) -> Vec<String> {
             show(new.metrics)
         ));
     }
+    if running.cluster != new.cluster {
+        let show = |c: &Option<crate::config::ClusterSettings>| {
+            c.as_ref()
+                .map_or_else(|| "off".to_string(), |c| c.redis_redacted())
+        };
+        out.push(format!(
+            "[cluster]: {} -> {}",
+            show(&running.cluster),
+            show(&new.cluster)
+        ));
+    }
     out
 }
 
 /// The settings only a restart applies, as `gatehouse check` lists them.
-pub(crate) const RESTART_ONLY: &str = "workers, [metrics] listen";
+pub(crate) const RESTART_ONLY: &str = "workers, [metrics] listen, [cluster]";
 
 /// The configuration's file, or what stands for it in messages.
 pub(crate) fn origin(config: &Config) -> String {

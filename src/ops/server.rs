@@ -88,6 +88,8 @@ pub struct Server {
     /// The metrics/health/reload listener's address, when it is up.
     pub metrics_addr: Option<SocketAddr>,
     admin: Option<tokio::task::JoinHandle<()>>,
+    /// Pings Redis and moves the cluster's breaker (issue 14).
+    cluster_watch: Option<tokio::task::JoinHandle<()>>,
     admin_commands: Option<tokio::sync::mpsc::Receiver<crate::ops::admin::Command>>,
 }
 
@@ -149,6 +151,20 @@ impl Server {
                 .collect()
         };
         let (http_addrs, https_addrs) = (local(Kind::Http), local(Kind::Https));
+        let cluster = match config.cluster.clone() {
+            None => None,
+            // Reads the CA file: on the blocking pool.
+            Some(settings) => Some(
+                tokio::task::spawn_blocking(move || crate::cluster::Cluster::new(settings))
+                    .await
+                    .map_err(|e| {
+                        ConfigError::caused(plan::origin(&config), "[cluster] was not set up", e)
+                    })?
+                    .map_err(|e| {
+                        ConfigError::caused(plan::origin(&config), "[cluster] cannot be set up", e)
+                    })?,
+            ),
+        };
         let metrics = Arc::new(crate::runtime::metrics::Metrics::default());
         let runtime = Runtime::build(
             config.clone(),
@@ -171,13 +187,24 @@ impl Server {
                 acme_tokens: crate::certs::acme::Tokens::default(),
                 certs: resolver.clone(),
                 metrics: metrics.clone(),
+                cluster: cluster.clone(),
             }),
             certs: resolver,
             metrics,
             generation: std::sync::atomic::AtomicU64::new(1),
             reload_failures: Default::default(),
             restart_pending: Default::default(),
+            cluster: cluster.clone(),
         });
+        if let Some(c) = &cluster {
+            tracing::info!(
+                "cluster: replica {} shares state through Redis at {} (keys {}*)",
+                c.settings.name,
+                c.settings.redis_redacted(),
+                c.settings.key_prefix
+            );
+        }
+        let cluster_watch = cluster.map(|c| tokio::spawn(c.watch()));
         let (shutdown, _) = watch::channel(false);
         // The metrics listener is not worth failing a start for: an address
         // in use is a warning, the proxy serves on.
@@ -222,6 +249,7 @@ impl Server {
             metrics_addr,
             admin,
             admin_commands: Some(rx),
+            cluster_watch,
         };
         server.update_background(&config, watch_pair);
         server.serve(bound);
@@ -308,6 +336,7 @@ impl Server {
                     letsencrypt_dir: settings.2.clone(),
                     resolver: self.shared.certs.clone(),
                     tokens: self.shared.pipeline.acme_tokens.clone(),
+                    cluster: self.shared.cluster.clone(),
                 };
                 Background {
                     settings,
@@ -443,6 +472,9 @@ impl Server {
         self.health.abort_all();
         if let Some(admin) = &self.admin {
             admin.abort();
+        }
+        if let Some(watch) = &self.cluster_watch {
+            watch.abort();
         }
         while self.accept_loops.join_next().await.is_some() {}
         self.connections.close();

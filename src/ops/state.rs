@@ -24,6 +24,8 @@ pub struct Shared {
     pub reload_failures: AtomicU64,
     /// Settings changed on disk that only a restart applies (0 or more).
     pub restart_pending: AtomicU64,
+    /// The Redis the replicas share (`[cluster]`), made once at start.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Shared {

@@ -38,10 +38,10 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(limit: RateLimit) -> Self {
-        let interval = (1e9 / limit.per_second).max(1.0) as u64;
+        let (interval, tolerance) = limit.gcra();
         Limiter {
-            interval,
-            tolerance: interval.saturating_mul(u64::from(limit.burst.max(1))),
+            interval: interval.as_nanos() as u64,
+            tolerance: tolerance.as_nanos() as u64,
             sets: (0..SETS)
                 .map(|_| Mutex::new([Entry::default(); WAYS]))
                 .collect(),
@@ -81,8 +81,9 @@ impl Limiter {
     }
 }
 
-/// IPv4 as itself; IPv6 by its /64.
-fn key_of(ip: IpAddr) -> u128 {
+/// IPv4 as itself; IPv6 by its /64. The shared limiter keys Redis by it
+/// too, so a client is the same client on every replica.
+pub(crate) fn key_of(ip: IpAddr) -> u128 {
     match canonical(ip) {
         IpAddr::V4(v4) => u128::from(u32::from(v4)) | (1u128 << 127),
         IpAddr::V6(v6) => u128::from(v6) & !((1u128 << 64) - 1),

@@ -18,6 +18,9 @@ pub enum ProxyError {
     Denied,
     #[error("rate limit exceeded")]
     RateLimited { retry_after: std::time::Duration },
+    /// `on_redis_error = "deny"` while Redis cannot answer (issue 14).
+    #[error("the shared rate limit cannot be checked: Redis is unreachable")]
+    SharedStateUnavailable,
     #[error("request is malformed: {0}")]
     BadRequest(&'static str),
     #[error("the request line is longer than the limit")]
@@ -71,6 +74,7 @@ impl ProxyError {
             ProxyError::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::SharedStateUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             // AliasVault's nginx maps every upstream failure (and an
             // upstream's own 502/503/504, its #1098) to 503 + status page.
             ProxyError::UpstreamConnect(_)
@@ -91,6 +95,8 @@ impl ProxyError {
             ProxyError::RateLimited { retry_after } => {
                 Some(retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0))
             }
+            // The breaker retries Redis every 250 ms.
+            ProxyError::SharedStateUnavailable => Some(1),
             _ => None,
         };
         let mut res = match status {

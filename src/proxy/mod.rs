@@ -21,7 +21,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::base::error_chain::ErrorChain;
-use crate::config::OnDeny;
+use crate::config::{OnDeny, OnRedisError};
 use crate::conn::ip_header;
 pub(crate) use crate::conn::Conn;
 use crate::proxy::error::ProxyError;
@@ -117,6 +117,8 @@ pub struct Context {
     pub acme_tokens: crate::certs::acme::Tokens,
     pub certs: Arc<crate::certs::CertResolver>,
     pub metrics: Arc<crate::runtime::metrics::Metrics>,
+    /// Shared rate limits and challenge answers (`[cluster]`, issue 14).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl crate::conn::Handler for Context {
@@ -306,7 +308,7 @@ async fn inner(
     let path = req.uri().path();
     if !conn.tls {
         if path.starts_with(ACME_CHALLENGE_PREFIX) {
-            return Ok(serve_challenge(rt, &shared.acme_tokens, path).await);
+            return Ok(serve_challenge(rt, shared, path).await);
         }
         // A trusted proxy that terminated TLS says so with
         // `X-Forwarded-Proto: https`; redirecting that request would loop.
@@ -331,7 +333,9 @@ async fn inner(
             "%2F inside a path segment (allow_encoded_slash is off)",
         )));
     }
-    admit_rate(&route, client.ip).map_err(on_route)?;
+    admit_rate(&route, client.ip, shared.cluster.as_deref())
+        .await
+        .map_err(on_route)?;
     admit_body(&req, &route).map_err(on_route)?;
     if upgrade::is_h2_websocket(&req) {
         if !route.upgrades.iter().any(|u| u == "websocket") {
@@ -511,14 +515,42 @@ fn select_route(rt: &Runtime, path: &str, ip: IpAddr) -> Result<Arc<RouteRt>, Fa
     Err(ProxyError::NoRoute.into())
 }
 
-/// The route's rate limit, keyed by the resolved client address.
-fn admit_rate(route: &RouteRt, ip: IpAddr) -> Result<(), ProxyError> {
-    match &route.limiter {
-        None => Ok(()),
-        Some(l) => l
-            .check(ip, crate::base::clock::now_nanos())
-            .map_err(|wait| ProxyError::RateLimited { retry_after: wait }),
+/// The route's rate limit, keyed by the resolved client address: the
+/// cluster's shared state when there is one and it answers in time, else
+/// what `on_redis_error` says (issue 14). A route without a limit returns
+/// at once and never touches Redis.
+async fn admit_rate(
+    route: &RouteRt,
+    ip: IpAddr,
+    cluster: Option<&crate::cluster::Cluster>,
+) -> Result<(), ProxyError> {
+    let (Some(limiter), Some(limit)) = (&route.limiter, route.rate_limit) else {
+        return Ok(());
+    };
+    if let Some(cluster) = cluster {
+        let (interval, tolerance) = limit.gcra();
+        match cluster
+            .admit(
+                &route.path,
+                crate::policy::rate_limit::key_of(ip),
+                interval,
+                tolerance,
+            )
+            .await
+        {
+            Ok(verdict) => {
+                return verdict.map_err(|wait| ProxyError::RateLimited { retry_after: wait })
+            }
+            Err(_) => match cluster.settings.on_redis_error {
+                OnRedisError::Local => {}
+                OnRedisError::Allow => return Ok(()),
+                OnRedisError::Deny => return Err(ProxyError::SharedStateUnavailable),
+            },
+        }
     }
+    limiter
+        .check(ip, crate::base::clock::now_nanos())
+        .map_err(|wait| ProxyError::RateLimited { retry_after: wait })
 }
 
 /// Refuses a body whose declared length is over the route's limit before any
@@ -848,27 +880,35 @@ fn valid_host(h: &str) -> bool {
 /// Serves certbot's webroot for HTTP-01 challenges: only a single token
 /// segment of the base64url alphabet (RFC 8555 §8.1), so no path can leave
 /// the folder; `Cache-Control: no-cache`; 404 when absent.
-async fn serve_challenge(
-    rt: &Runtime,
-    tokens: &crate::certs::acme::Tokens,
-    path: &str,
-) -> Response<ResponseBody> {
+async fn serve_challenge(rt: &Runtime, shared: &Context, path: &str) -> Response<ResponseBody> {
     let token = &path[ACME_CHALLENGE_PREFIX.len()..];
     let valid = !token.is_empty()
         && token.len() <= 256
         && token
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    // Gatehouse's own ACME client first, then certbot's webroot.
-    let own = valid
+    // Gatehouse's own ACME client first (this replica's answers, then the
+    // cluster's: the CA may reach any replica, issue 14), then certbot's
+    // webroot.
+    let mut own = valid
         .then(|| {
-            tokens
+            shared
+                .acme_tokens
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(token)
                 .cloned()
         })
         .flatten();
+    if let (None, true, Some(cluster)) = (&own, valid, &shared.cluster) {
+        match cluster.http01(token).await {
+            Ok(answer) => own = answer,
+            Err(e) => tracing::warn!(
+                "ACME: cannot look up challenge {token} in Redis: {}",
+                crate::base::error_chain::ErrorChain(&e)
+            ),
+        }
+    }
     let file = match (own, &rt.webroot, valid) {
         (Some(key_auth), _, _) => Some(key_auth.into_bytes()),
         (None, Some(root), true) => {

@@ -42,6 +42,8 @@ pub struct RouteRt {
     pub access: Access,
     /// `None` when the route has no rate limit (the default).
     pub limiter: Option<Limiter>,
+    /// The limit itself, for the shared limiter of a cluster (issue 14).
+    pub rate_limit: Option<crate::config::model::RateLimit>,
     pub metrics: Arc<crate::runtime::metrics::RouteMetrics>,
     pub log_names: Arc<LogNames>,
     /// Every server; one for most routes. Shared with the runtime before a
@@ -115,6 +117,7 @@ impl Runtime {
                     compress: r.compress,
                     access: r.access.clone(),
                     limiter: r.rate_limit.map(Limiter::new),
+                    rate_limit: r.rate_limit,
                     metrics: metrics.route(&r.path),
                     log_names: Arc::new(LogNames {
                         route: r.path.as_str().into(),

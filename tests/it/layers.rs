@@ -14,6 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("configuration", &["config"]),
     ("policies", &["policy"]),
     ("upstreams", &["upstream"]),
+    ("shared state", &["cluster"]),
     ("runtime", &["runtime"]),
     ("certificates", &["certs"]),
     ("connections", &["conn"]),
