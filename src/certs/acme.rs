@@ -356,7 +356,8 @@ impl Manager {
                 .stats
                 .certs_adopted
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let info = certs::inspect(&ck, CertSource::Acme(fullchain)).map_err(AcmeError::Shared)?;
+            let info =
+                certs::inspect(&ck, CertSource::Acme(fullchain)).map_err(AcmeError::Shared)?;
             tracing::info!(
                 "ACME: serving the certificate replica {} issued (token {}): {info}",
                 shared.replica,
@@ -709,10 +710,7 @@ impl Drop for Answers<'_> {
         }
         // Redis's copies expire by themselves; withdrawing them early is
         // worth one task, when a runtime is still there to run it.
-        if let (Some(c), Ok(rt)) = (
-            self.cluster.clone(),
-            tokio::runtime::Handle::try_current(),
-        ) {
+        if let (Some(c), Ok(rt)) = (self.cluster.clone(), tokio::runtime::Handle::try_current()) {
             rt.spawn(async move {
                 for answer in installed {
                     let _ = match answer {
@@ -764,7 +762,10 @@ fn validation_key(
 ) -> Result<Arc<rustls::sign::CertifiedKey>, AcmeError> {
     let signing =
         rustls::crypto::ring::sign::any_supported_type(key).map_err(AcmeError::ValidationKey)?;
-    Ok(Arc::new(rustls::sign::CertifiedKey::new(vec![cert], signing)))
+    Ok(Arc::new(rustls::sign::CertifiedKey::new(
+        vec![cert],
+        signing,
+    )))
 }
 
 /// A validation certificate another replica stored (certificate and key
@@ -772,7 +773,9 @@ fn validation_key(
 fn validation_from_pem(pem: &str) -> Option<Arc<rustls::sign::CertifiedKey>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let cert = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
+    let cert = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()?;
     let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).ok()?;
     validation_key(cert, &key).ok()
 }

@@ -252,10 +252,7 @@ impl Cluster {
         invocation
             .arg(interval.as_micros().max(1) as u64)
             .arg(tolerance.as_micros() as u64);
-        match self
-            .script::<u64>(&invocation, self.settings.timeout)
-            .await
-        {
+        match self.script::<u64>(&invocation, self.settings.timeout).await {
             Ok(0) => Ok(Ok(())),
             Ok(wait) => Ok(Err(Duration::from_micros(wait))),
             Err(e) => {

@@ -89,7 +89,10 @@ impl Cluster {
     /// Takes the order lock for `host` if nobody holds it.
     pub async fn lock(&self, host: &str) -> Result<Option<Lock>, ClusterError> {
         let fence: u64 = self
-            .call(redis::cmd("INCR").arg(self.key(&format!("acme:fence:{host}"))), BOUND)
+            .call(
+                redis::cmd("INCR").arg(self.key(&format!("acme:fence:{host}"))),
+                BOUND,
+            )
             .await?;
         let value = format!("{fence} {}", self.settings.name);
         let set: Option<String> = self

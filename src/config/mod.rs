@@ -25,8 +25,9 @@ use toml::Spanned;
 pub use env::Env;
 pub use error::ConfigError;
 pub use model::{
-    Access, AcmeSettings, Challenge, ClusterSettings, Config, OnRedisError, ForwardedFor, HeaderRules, ListenerSettings, OnDeny,
-    Route, TlsSettings, Upstream, LETS_ENCRYPT, LETS_ENCRYPT_STAGING,
+    Access, AcmeSettings, Challenge, ClusterSettings, Config, ForwardedFor, HeaderRules,
+    ListenerSettings, OnDeny, OnRedisError, Route, TlsSettings, Upstream, LETS_ENCRYPT,
+    LETS_ENCRYPT_STAGING,
 };
 
 use crate::base::cidr::{self as ipr, Cidr};
@@ -585,7 +586,11 @@ impl Builder<'_> {
             redis,
             key_prefix,
             timeout,
-            on_redis_error: self.choice(c.on_redis_error.as_ref(), "on_redis_error", ON_REDIS_ERROR)?,
+            on_redis_error: self.choice(
+                c.on_redis_error.as_ref(),
+                "on_redis_error",
+                ON_REDIS_ERROR,
+            )?,
             ca_file: c.ca_file.as_ref().map(|p| self.path(p.get_ref())),
             lock_ttl,
             name,

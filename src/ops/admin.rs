@@ -104,13 +104,20 @@ async fn answer(
                 .filter(|(_, r)| unknown(r))
                 .map(|(p, r)| format!("{p} -> {}", r.upstream.url))
                 .collect();
+            // Redis is reported, never waited for: while it is out the
+            // replica serves on its fallback and stays ready (issue 14).
+            let redis = match &shared.cluster {
+                Some(c) if c.is_up() => "redis: reachable\n",
+                Some(_) => "redis: unreachable (rate limits follow on_redis_error)\n",
+                None => "",
+            };
             if waiting.is_empty() {
-                text(StatusCode::OK, "ready\n")
+                text(StatusCode::OK, format!("ready\n{redis}"))
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "waiting for the first contact with:\n{}\n",
+                        "waiting for the first contact with:\n{}\n{redis}",
                         waiting.join("\n")
                     ),
                 )
@@ -181,6 +188,9 @@ pub fn render(shared: &Shared) -> String {
             crate::proxy::access_log::DROPPED.load(Relaxed) as f64,
         ),
     ];
+    if let Some(cluster) = &shared.cluster {
+        extra.extend(cluster.series());
+    }
     if let Ok(info) =
         crate::certs::inspect(&shared.certs.current(), crate::certs::CertSource::Ephemeral)
     {

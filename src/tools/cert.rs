@@ -12,6 +12,9 @@ pub(crate) fn run(cfg: &Config) -> ExitCode {
     match served_certificate(cfg) {
         Ok(Some((info, renewal))) => {
             print!("{}", describe_cert(&info, renewal));
+            if let Some(c) = &cfg.cluster {
+                print!("{}", describe_cluster(c, &cfg.hostname));
+            }
             let left = info.not_after_unix - certs::unix_now();
             if left < 7 * 86_400 {
                 eprintln!("warning: the certificate expires in {} hours", left / 3600);
@@ -91,6 +94,64 @@ fn describe_cert(info: &certs::CertInfo, renewal: Option<i64>) -> String {
         let _ = writeln!(out, "  SHA-256:      {}", info.fingerprint);
         let _ = writeln!(out, "  not after:    {}", rfc3339(info.not_after_unix));
         let _ = writeln!(out, "  next renewal: {renewal}");
+    }
+    out
+}
+
+/// The cluster's side (issue 14): who holds the order lock and when the
+/// shared certificate was last issued, asked of Redis.
+fn describe_cluster(settings: &config::ClusterSettings, host: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "cluster:      {} (keys {}*, this replica {})",
+        settings.redis_redacted(),
+        settings.key_prefix,
+        settings.name
+    );
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| {
+            rt.block_on(async {
+                let cluster = crate::cluster::Cluster::new(settings.clone())
+                    .map_err(|e| crate::base::error_chain::ErrorChain(&e).to_string())?;
+                let err = |e: crate::cluster::ClusterError| {
+                    crate::base::error_chain::ErrorChain(&e).to_string()
+                };
+                let holder = cluster.lock_holder(host).await.map_err(err)?;
+                let cert = cluster.cert(host).await.map_err(err)?;
+                Ok((holder, cert))
+            })
+        });
+    match asked {
+        Ok((holder, cert)) => {
+            let lock = match holder {
+                Some(h) => format!(
+                    "held by {} (token {}, expires in {}s)",
+                    h.replica,
+                    h.fence,
+                    h.expires_in.as_secs()
+                ),
+                None => "free".to_string(),
+            };
+            let _ = writeln!(out, "  order lock:   {lock}");
+            let last = match cert {
+                Some(c) => format!(
+                    "{} by {} (token {})",
+                    rfc3339(c.issued_at),
+                    c.replica,
+                    c.fence
+                ),
+                None => "none yet".to_string(),
+            };
+            let _ = writeln!(out, "  last renewal: {last}");
+        }
+        Err(e) => {
+            let _ = writeln!(out, "  Redis:        unreachable: {e}");
+        }
     }
     out
 }

@@ -13,11 +13,11 @@ use tokio::process::{Child, Command};
 
 use crate::support::*;
 
-const HOST: &str = "acme-test.gatehouse.test";
+pub(crate) const HOST: &str = "acme-test.gatehouse.test";
 const EAB_KID: &str = "kid-1";
 const EAB_KEY: &str = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
 
-async fn wait_for_port(port: u16, what: &str) {
+pub(crate) async fn wait_for_port(port: u16, what: &str) {
     let deadline = tokio::time::Instant::now() + LIMIT;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -34,17 +34,19 @@ async fn wait_for_port(port: u16, what: &str) {
 
 /// Pebble and its DNS helper (every name resolves to 127.0.0.1), validating
 /// challenges on `http_port`/`tls_port`: where Gatehouse will listen.
-struct Pebble {
+pub(crate) struct Pebble {
     _dns: Child,
     _pebble: Child,
-    directory: String,
+    pub(crate) directory: String,
     /// Pebble's own HTTPS certificate, for `ca_roots`.
-    server_cert: PathBuf,
+    pub(crate) server_cert: PathBuf,
     mgmt: u16,
+    /// Pebble's log: one line per request it handled.
+    log: PathBuf,
 }
 
 impl Pebble {
-    async fn start(
+    pub(crate) async fn start(
         dir: &Path,
         http_port: u16,
         tls_port: u16,
@@ -99,6 +101,7 @@ impl Pebble {
         }
         let config_path = dir.join("pebble.json");
         std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+        let log = dir.join("pebble.log");
         let pebble = Command::new("pebble")
             .arg("-config")
             .arg(&config_path)
@@ -107,7 +110,7 @@ impl Pebble {
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0")
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -120,12 +123,22 @@ impl Pebble {
             directory: format!("https://127.0.0.1:{listen}/dir"),
             server_cert,
             mgmt,
+            log,
         }
+    }
+
+    /// Orders placed so far, from Pebble's log of requests.
+    pub(crate) fn orders(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("POST /order-plz"))
+            .count()
     }
 
     /// The root Pebble issues under (random per run), from its management
     /// interface.
-    async fn issuing_root(&self) -> rustls::RootCertStore {
+    pub(crate) async fn issuing_root(&self) -> rustls::RootCertStore {
         let out = within(
             Command::new("curl")
                 .args(["-sS", "--cacert"])
@@ -154,7 +167,7 @@ impl Pebble {
 
 /// A handshake with a client that trusts only Pebble's root: succeeds once
 /// Gatehouse serves the issued chain. Returns the leaf's fingerprint.
-async fn verified_fingerprint(
+pub(crate) async fn verified_fingerprint(
     addr: std::net::SocketAddr,
     roots: &rustls::RootCertStore,
 ) -> Option<String> {

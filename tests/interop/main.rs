@@ -9,6 +9,7 @@ mod support;
 
 mod acme;
 mod attacks;
+mod cluster;
 mod container;
 mod external;
 mod tools;

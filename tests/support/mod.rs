@@ -373,6 +373,15 @@ impl Running {
         self.seen.join("\n")
     }
 
+    /// How many lines printed so far contain `needle` (without waiting for
+    /// more).
+    pub fn count_so_far(&mut self, needle: &str) -> usize {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.seen.iter().filter(|l| l.contains(needle)).count()
+    }
+
     /// The port of the first `scheme://host:PORT` printed after `prefix`.
     pub async fn port_after(&mut self, prefix: &str) -> u16 {
         let line = self.wait_for(prefix).await;
