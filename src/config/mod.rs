@@ -1534,4 +1534,54 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.key.as_deref(), Some("FORCE_HTTPS_REDIRECT"));
     }
+
+    /// Issue 14: `GATEHOUSE_REDIS_URL` alone turns the cluster on, or
+    /// replaces the table's `redis`; a bad one names the variable.
+    #[test]
+    fn redis_url_from_the_environment() {
+        let url = "redis://:pw@redis:6379/0";
+        let cfg = load(
+            &Source::BuiltIn,
+            &Env::from_pairs([("GATEHOUSE_REDIS_URL", url)]),
+        )
+        .unwrap();
+        let c = cfg.cluster.expect("on");
+        assert_eq!(c.redis, url);
+        assert_eq!(c.key_prefix, "gatehouse:");
+        assert_eq!(c.timeout, Duration::from_millis(50));
+        assert_eq!(c.on_redis_error, OnRedisError::Local);
+        assert!(
+            c.name.ends_with(&format!("-{}", std::process::id())),
+            "{}",
+            c.name
+        );
+        assert_eq!(c.redis_redacted(), "redis://:***@redis:6379/0");
+        assert!(
+            !format!("{c:?}").contains("pw"),
+            "the password never prints"
+        );
+        // The table may leave `redis` to the variable, which wins.
+        let text = Source::Text {
+            name: "c.toml".into(),
+            text: "[cluster]\nkey_prefix = \"x:\"\n[[route]]\npath = \"/\"\nupstream = \"http://b:1\"\n".into(),
+            base_dir: ".".into(),
+        };
+        assert!(load(&text, &Env::empty()).is_err(), "no redis anywhere");
+        let cfg = load(&text, &Env::from_pairs([("GATEHOUSE_REDIS_URL", url)])).unwrap();
+        let c = cfg.cluster.unwrap();
+        assert_eq!((c.redis.as_str(), c.key_prefix.as_str()), (url, "x:"));
+        // An empty variable is unset; a bad one is an error naming it.
+        let cfg = load(
+            &Source::BuiltIn,
+            &Env::from_pairs([("GATEHOUSE_REDIS_URL", " ")]),
+        )
+        .unwrap();
+        assert!(cfg.cluster.is_none());
+        let err = load(
+            &Source::BuiltIn,
+            &Env::from_pairs([("GATEHOUSE_REDIS_URL", "redis:6379")]),
+        )
+        .unwrap_err();
+        assert_eq!(err.key.as_deref(), Some("GATEHOUSE_REDIS_URL"));
+    }
 }

@@ -22,6 +22,36 @@ pub(crate) fn run(cfg: &Config) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `[cluster]` as it would run (issue 14): where the state is, and what
+/// a replica does without it. The password never shows.
+fn describe_cluster(cfg: &Config) -> String {
+    let Some(c) = &cfg.cluster else {
+        return "off (rate limits and certificates are this process's own)".to_string();
+    };
+    let fallback = match c.on_redis_error {
+        config::OnRedisError::Local => "this replica's own limits",
+        config::OnRedisError::Allow => "no limit",
+        config::OnRedisError::Deny => "503",
+    };
+    let mut out = format!(
+        "{} as replica {:?}, keys {}*; rate limits shared (Redis answers within {}, else {fallback})",
+        c.redis_redacted(),
+        c.name,
+        c.key_prefix,
+        human_duration(c.timeout),
+    );
+    if cfg.acme.is_some() {
+        out.push_str(&format!(
+            "; ACME orders one replica at a time (lock expires {} after its holder stops)",
+            human_duration(c.lock_ttl)
+        ));
+    }
+    if let Some(ca) = &c.ca_file {
+        out.push_str(&format!("; TLS roots {}", ca.display()));
+    }
+    out
+}
+
 /// The effective configuration as `gatehouse check` prints it.
 pub fn describe(cfg: &Config, plan: &crate::ops::plan::Plan) -> String {
     use std::fmt::Write;
@@ -107,6 +137,7 @@ pub fn describe(cfg: &Config, plan: &crate::ops::plan::Plan) -> String {
             trusted.join(", ")
         }
     );
+    let _ = writeln!(out, "cluster: {}", describe_cluster(cfg));
     let _ = writeln!(out, "routes:");
     let runtime = Runtime::build(
         cfg.clone(),

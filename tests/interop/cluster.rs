@@ -661,3 +661,73 @@ async fn a_lock_that_expired_fences_its_old_holder_out() {
         .unwrap()
         .is_none());
 }
+
+/// `rediss://` with a password in the URL and a private CA in `ca_file`:
+/// Redis with TLS only (no plaintext port) and `requirepass`; two replicas
+/// share a limit through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_with_a_password_and_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let path = |f: &str| dir.path().join(f);
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("redis.pem"), cert.pem()).unwrap();
+    std::fs::write(path("redis-key.pem"), key.serialize_pem()).unwrap();
+    let port = free_port();
+    let _redis = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--tls-cert-file")
+        .arg(path("redis.pem"))
+        .arg("--tls-key-file")
+        .arg(path("redis-key.pem"))
+        .arg("--tls-ca-cert-file")
+        .arg(path("ca.pem"))
+        .args(["--tls-auth-clients", "no", "--requirepass", "s3cret"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "redis-server (TLS)").await;
+    let up = fixed(200, "OK").await;
+    let url = format!("rediss://:s3cret@127.0.0.1:{port}/0");
+    let extra = format!("ca_file = \"{}\"", path("ca.pem").display());
+    let body = limited_route(&up.url());
+    let (r0, d0) = spawn_replica("t0", &url, &extra, &body);
+    let (r1, d1) = spawn_replica("t1", &url, &extra, &body);
+    let mut replicas = vec![listening("t0", r0, d0).await, listening("t1", r1, d1).await];
+    let statuses = spread(&replicas, "203.0.113.50", 20).await;
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    assert!((10..=11).contains(&admitted), "{statuses:?}");
+    for r in replicas.iter_mut() {
+        assert_eq!(metric(r, "gatehouse_redis_fallbacks_total").await, 0.0);
+        assert!(metric(r, "gatehouse_redis_round_trips_total").await >= 10.0);
+        // The password is never printed.
+        assert_eq!(r.run.count_so_far("s3cret"), 0);
+        assert!(r.run.count_so_far("rediss://:***@127.0.0.1") >= 1);
+    }
+    // Without the CA the server is not trusted: every decision falls back.
+    let (r2, d2) = spawn_replica("t2", &url, "", &body);
+    let mut untrusting = listening("t2", r2, d2).await;
+    let _ = hit(&untrusting, "203.0.113.51").await;
+    untrusting.run.wait_for("is unreachable").await;
+    assert!(metric(&untrusting, "gatehouse_redis_fallbacks_total").await >= 1.0);
+}
