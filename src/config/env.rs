@@ -35,6 +35,7 @@ pub const KNOWN: &[&str] = &[
     "GATEHOUSE_ACME_DIRECTORY",
     "GATEHOUSE_ACME_CHALLENGE",
     "GATEHOUSE_ACME_CA_ROOTS",
+    "GATEHOUSE_REDIS_URL",
 ];
 
 /// Where a value came from, so an error can point at it.

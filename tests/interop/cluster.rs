@@ -731,3 +731,143 @@ async fn rediss_with_a_password_and_a_private_ca() {
     untrusting.run.wait_for("is unreachable").await;
     assert!(metric(&untrusting, "gatehouse_redis_fallbacks_total").await >= 1.0);
 }
+
+// ---------------------------------------------------------------- deploy/
+
+/// The Kubernetes manifest passes a schema validator (kubernetes-validate,
+/// from PyPI, strict: unknown fields refused), and holds what matters: 3
+/// replicas, readiness on `/readyz` of the metrics port, the Redis URL from
+/// a Secret, a Service in front; its embedded configuration and the
+/// compose example's are valid for `gatehouse check`.
+#[tokio::test]
+async fn the_deploy_examples_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let manifest = root.join("kubernetes.yaml");
+    let out = within(
+        Command::new("kubernetes-validate")
+            .arg("--strict")
+            .arg(&manifest)
+            .output(),
+    )
+    .await
+    .expect("kubernetes-validate (scripts/test installs it with pip)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    for kind in [
+        "configmap/gatehouse",
+        "deployment/gatehouse",
+        "service/gatehouse",
+    ] {
+        assert!(
+            said.contains(&format!("passed for resource {kind}")),
+            "{said}"
+        );
+    }
+    // The fields, read by YAML's own parser (PyYAML, which the validator
+    // brings).
+    let script = r#"
+import json, sys, yaml
+docs = {d["kind"]: d for d in yaml.safe_load_all(open(sys.argv[1]))}
+dep = docs["Deployment"]["spec"]
+c = dep["template"]["spec"]["containers"][0]
+ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+print(json.dumps({
+  "replicas": dep["replicas"],
+  "ready_path": c["readinessProbe"]["httpGet"]["path"],
+  "ready_port": ports[c["readinessProbe"]["httpGet"]["port"]],
+  "redis": [e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"] if e["name"] == "GATEHOUSE_REDIS_URL"],
+  "selects": docs["Service"]["spec"]["selector"] == dep["template"]["metadata"]["labels"],
+  "toml": docs["ConfigMap"]["data"]["gatehouse.toml"],
+}))
+"#;
+    let out = within(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(&manifest)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["replicas"], 3);
+    assert_eq!(got["ready_path"], "/readyz");
+    assert_eq!(got["ready_port"], 9090);
+    assert_eq!(got["redis"], serde_json::json!(["gatehouse-redis"]));
+    assert_eq!(got["selects"], true);
+    // Both configurations load, with the Redis URL from the environment,
+    // and serve /readyz on the port the probe asks.
+    let dir = tempfile::tempdir().unwrap();
+    for (name, toml) in [
+        ("kubernetes.yaml", got["toml"].as_str().unwrap().to_string()),
+        (
+            "compose.yml",
+            std::fs::read_to_string(root.join("gatehouse.toml")).unwrap(),
+        ),
+    ] {
+        std::fs::write(dir.path().join("gatehouse.toml"), toml).unwrap();
+        let (code, out, err) = run(
+            dir.path(),
+            &["check"],
+            &[("GATEHOUSE_REDIS_URL", "redis://:pw@redis:6379/0")],
+        )
+        .await;
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        assert!(
+            out.contains("metrics: http://0.0.0.0:9090"),
+            "{name}: {out}"
+        );
+        assert!(
+            out.contains("cluster: redis://:***@redis:6379/0"),
+            "{name}: {out}"
+        );
+        assert!(out.contains("rate limit 5/s burst 20"), "{name}: {out}");
+    }
+}
+
+/// A Redis slower than `timeout` counts as failing: the request is decided
+/// by the local limiter after the bound instead of waiting (here Redis
+/// pauses every client for 1.5 s, as a stalled server would).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_not_waited_for() {
+    let redis = Redis::start().await;
+    let up = fixed(200, "OK").await;
+    let (run, dir) = spawn_replica(
+        "slow",
+        &redis.url(),
+        "timeout = \"100ms\"",
+        &limited_route(&up.url()),
+    );
+    let mut r = listening("slow", run, dir).await;
+    assert_eq!(hit(&r, "192.0.2.40").await, 200);
+    let mut conn = redis.conn().await;
+    let _: () = within(
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1500)
+            .arg("ALL")
+            .query_async(&mut conn),
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(hit(&r, "192.0.2.41").await, 200);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "waited {took:?} for Redis"
+    );
+    r.run.wait_for("is unreachable").await;
+    assert!(metric(&r, "gatehouse_redis_errors_total").await >= 1.0);
+    // Back once the pause ends.
+    r.run.wait_for("answers again").await;
+    assert_eq!(metric(&r, "gatehouse_redis_up").await, 1.0);
+}

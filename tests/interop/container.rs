@@ -596,7 +596,138 @@ async fn the_image_drops_into_aliasvaults_compose_file() {
     let code = d.docker(&["inspect", "--format", "{{.State.ExitCode}}", &id]);
     assert_eq!(code.trim(), "0");
     assert!(took < Duration::from_secs(11), "stopped after {took:?}");
+    d.compose(dir, &["down", "--timeout", "5"]);
+
+    // 4. Issue 14: the deploy example, on the same daemon (one docker0).
+    deploy_example(&mut d, &root).await;
     drop(d);
+}
+
+/// `deploy/compose.yml` as shipped, with its `gatehouse.toml`: three
+/// replicas and Redis (Debian's redis-server in an image FROM scratch, as
+/// `redis:7-alpine`), and a busybox app. The replicas hold a client to the
+/// `/api` limit together.
+async fn deploy_example(d: &mut Daemon, root: &Path) {
+    // redis-server and the libraries it links, at the paths it expects.
+    let ldd = run_ok(Command::new("ldd").arg("/usr/bin/redis-server"));
+    let mut files: Vec<(PathBuf, String)> = vec![(
+        PathBuf::from("/usr/bin/redis-server"),
+        "/usr/local/bin/redis-server".into(),
+    )];
+    for line in ldd.lines() {
+        let path = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(PathBuf::from);
+        if let Some(p) = path {
+            let inside = p.display().to_string();
+            files.push((std::fs::canonicalize(&p).unwrap(), inside));
+        }
+    }
+    let refs: Vec<(&Path, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_path(), b.as_str()))
+        .collect();
+    build_image(
+        d,
+        "redis:7-alpine",
+        &refs,
+        "ENV PATH=/usr/local/bin\nWORKDIR /data\n",
+    );
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("index.html"), "app\n").unwrap();
+    std::fs::write(www.path().join("api"), "api OK\n").unwrap();
+    build_image(
+        d,
+        "gh-app:test",
+        &[
+            (Path::new("/bin/busybox"), "/bin/busybox"),
+            (www.path(), "/www"),
+        ],
+        "ENTRYPOINT [\"/bin/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+    );
+    let install = tempfile::tempdir().unwrap();
+    let dir = install.path();
+    std::fs::copy(
+        root.join("deploy/compose.yml"),
+        dir.join("docker-compose.yml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        root.join("deploy/gatehouse.toml"),
+        dir.join("gatehouse.toml"),
+    )
+    .unwrap();
+    let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+    let mut env = String::from("REDIS_PASSWORD=deploy-test-secret\nAPP_IMAGE=gh-app:test\n");
+    for i in 0..3 {
+        env.push_str(&format!(
+            "GATEHOUSE_{n}_HTTP={}\nGATEHOUSE_{n}_HTTPS={}\n",
+            ports[2 * i],
+            ports[2 * i + 1],
+            n = i + 1
+        ));
+    }
+    std::fs::write(dir.join(".env"), env).unwrap();
+    d.projects.push(dir.to_path_buf());
+    d.compose(dir, &["up", "-d"]);
+    // As a load balancer that terminated TLS would send it.
+    let request = |client: &str| {
+        let mut req = get("/api", HOST);
+        req.headers_mut()
+            .insert("x-forwarded-for", client.parse().unwrap());
+        req.headers_mut()
+            .insert("x-forwarded-proto", "https".parse().unwrap());
+        req
+    };
+    let replicas: Vec<std::net::SocketAddr> = (0..3)
+        .map(|i| ([127, 0, 0, 1], ports[2 * i]).into())
+        .collect();
+    for (i, addr) in replicas.iter().enumerate() {
+        until_served(Duration::from_secs(60), "a replica serves", || async {
+            send(
+                Proto::H1,
+                *addr,
+                Path::new(""),
+                request(&format!("192.0.2.{i}")),
+            )
+            .await
+            .is_ok_and(|r| r.status == 200 && r.text() == "api OK\n")
+        })
+        .await;
+    }
+    // 60 requests of one client spread over the three: the burst of 20
+    // is the cluster's (+1 per 200 ms for the refill of 5/s).
+    let start = std::time::Instant::now();
+    let mut statuses = Vec::new();
+    for i in 0..60 {
+        let res = send(
+            Proto::H1,
+            replicas[i % 3],
+            Path::new(""),
+            request("203.0.113.77"),
+        )
+        .await
+        .unwrap();
+        statuses.push(res.status.as_u16());
+    }
+    let admitted = statuses.iter().filter(|s| **s == 200).count();
+    let refill = (start.elapsed().as_secs_f64() * 5.0).ceil() as usize;
+    assert!(
+        (20..=20 + refill).contains(&admitted) && statuses.iter().all(|s| *s == 200 || *s == 429),
+        "{admitted} admitted in {:?}: {statuses:?}",
+        start.elapsed()
+    );
+    for service in ["gatehouse-1", "gatehouse-2", "gatehouse-3"] {
+        let logs = d.compose(dir, &["logs", "--no-color", service]);
+        assert!(
+            logs.contains("shares state through Redis at redis://:***@redis:6379/0"),
+            "{logs}"
+        );
+        assert!(!logs.contains("deploy-test-secret"), "{logs}");
+        assert!(!logs.contains("is unreachable"), "{logs}");
+    }
+    d.compose(dir, &["down", "--volumes", "--timeout", "5"]);
 }
 
 fn rand_suffix() -> u64 {

@@ -14,7 +14,9 @@ async fn metrics_pass_promtool() {
     std::fs::write(
         dir.path().join("gatehouse.toml"),
         format!(
-            "http_port = 0\nhttps_port = 0\nbind = [\"127.0.0.1\"]\nforce_https_redirect = false\nlog_format = \"off\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n{}{}",
+            // A cluster whose Redis is not there: its series are exported
+            // all the same (issue 14).
+            "http_port = 0\nhttps_port = 0\nbind = [\"127.0.0.1\"]\nforce_https_redirect = false\nlog_format = \"off\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[cluster]\nredis = \"redis://127.0.0.1:1/0\"\nname = \"promtool\"\n\n{}{}",
             route("/q\\\"uote\\\\d", &up.url(), ""),
             route("/", &up.url(), "")
         ),
@@ -44,6 +46,11 @@ async fn metrics_pass_promtool() {
     .text();
     assert!(scrape.contains("route=\"/q\\\"uote\\\\d\""), "{scrape}");
     assert!(scrape.contains("# TYPE gatehouse_config_reload_failures_total counter"));
+    assert!(
+        scrape.contains("# TYPE gatehouse_redis_up gauge"),
+        "{scrape}"
+    );
+    assert!(scrape.contains("# TYPE gatehouse_redis_fallbacks_total counter"));
     let mut promtool = tokio::process::Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
