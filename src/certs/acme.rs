@@ -124,6 +124,9 @@ pub struct Manager {
 /// How often a replica checks the cluster for a certificate another
 /// replica issued, besides the notice on the channel.
 const SYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// How long an order waits for every replica to serve its TLS-ALPN-01
+/// validation certificate.
+const ALPN_SPREAD: Duration = Duration::from_secs(3);
 
 /// The first retry waits this long; each failure doubles it up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(30);
@@ -255,14 +258,16 @@ impl Manager {
         )));
         let mut seen = None;
         let mut failures = 0u32;
+        // Redis trouble is logged when it starts, not every few seconds
+        // for as long as it lasts.
+        let mut redis_failing = false;
         let retry_lock = SYNC_INTERVAL.min(cluster.settings.lock_ttl / 3);
         loop {
-            if let Err(e) = self.adopt(&cluster, &mut seen).await {
-                tracing::warn!(
-                    "ACME: cannot check the cluster's certificate for {}: {}",
-                    self.hostname,
-                    crate::base::error_chain::ErrorChain(&e)
-                );
+            match self.adopt(&cluster, &mut seen).await {
+                Ok(()) => redis_failing = false,
+                Err(e) => {
+                    self.redis_trouble(&mut redis_failing, "check the cluster's certificate", &e)
+                }
             }
             let due = self.due_in().await;
             if !due.is_zero() {
@@ -273,7 +278,10 @@ impl Manager {
                 continue;
             }
             let lock = match cluster.lock(&self.hostname).await {
-                Ok(Some(lock)) => lock,
+                Ok(Some(lock)) => Held {
+                    cluster: cluster.clone(),
+                    lock: Some(lock),
+                },
                 Ok(None) => {
                     tracing::debug!("ACME: another replica is ordering for {}", self.hostname);
                     tokio::select! {
@@ -286,33 +294,36 @@ impl Manager {
                     // Without the lock no replica orders: N orders against
                     // the CA's limits are worse than a late renewal, and a
                     // third of the lifetime is left when renewal starts.
-                    tracing::warn!(
-                        "ACME: cannot take the cluster's order lock for {}: {}; not ordering until Redis answers",
-                        self.hostname,
-                        crate::base::error_chain::ErrorChain(&e)
+                    self.redis_trouble(
+                        &mut redis_failing,
+                        "take the cluster's order lock (not ordering until Redis answers)",
+                        &AcmeError::Cluster(e),
                     );
                     tokio::time::sleep(retry_lock).await;
                     continue;
                 }
             };
+            let Some(held) = lock.lock.as_ref() else {
+                continue;
+            };
             tracing::info!(
                 "ACME: replica {} holds the order lock for {} (token {})",
                 cluster.settings.name,
                 self.hostname,
-                lock.fence
+                held.fence
             );
             // The lock may have been free because another replica just
             // finished: take its certificate instead of ordering again.
             let _ = self.adopt(&cluster, &mut seen).await;
             let result = if self.due_in().await.is_zero() {
                 tokio::select! {
-                    r = self.issue(Some((&cluster, &lock))) => r,
-                    () = keep_lock(&cluster, &lock) => Err(AcmeError::LockLost),
+                    r = self.issue(Some((&cluster, held))) => r,
+                    () = keep_lock(&cluster, held) => Err(AcmeError::LockLost),
                 }
             } else {
                 Ok(())
             };
-            cluster.release(&lock).await;
+            lock.release().await;
             match result {
                 Ok(()) => failures = 0,
                 Err(e) => {
@@ -325,6 +336,18 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// A failed call to Redis: a warning when the trouble starts, then
+    /// debug lines until a call succeeds again.
+    fn redis_trouble(&self, failing: &mut bool, what: &str, e: &AcmeError) {
+        let chain = crate::base::error_chain::ErrorChain(e);
+        if *failing {
+            tracing::debug!("ACME: cannot {what} for {}: {chain}", self.hostname);
+        } else {
+            tracing::warn!("ACME: cannot {what} for {}: {chain}", self.hostname);
+        }
+        *failing = true;
     }
 
     /// Serves the cluster's certificate when it is not the one this
@@ -564,6 +587,11 @@ impl Manager {
             );
         } else if let Ok(text) = tokio::fs::read(&path).await {
             if let Ok(creds) = serde_json::from_slice::<AccountCredentials>(&text) {
+                // A replica that ran alone before shares its account.
+                if let Some(c) = cluster {
+                    c.set_account(&directory_key, &String::from_utf8_lossy(&text))
+                        .await?;
+                }
                 return Ok(Account::builder_with_http(self.http().await?)
                     .from_credentials(creds)
                     .await?);
@@ -691,7 +719,14 @@ impl Answers<'_> {
         self.resolver.set_challenge(&name, Some(cert.key));
         self.installed.push(Answer::TlsAlpn(name.clone()));
         if let Some(c) = &self.cluster {
-            c.set_alpn(&name, &cert.cert_pem, &cert.key_pem).await?;
+            // A CA's TLS handshake is answered from memory, so every
+            // replica must hold the certificate before the CA is told to
+            // look: wait (bounded) for each one the notice reached to say so.
+            let reached = c.set_alpn(&name, &cert.cert_pem, &cert.key_pem).await?;
+            let deadline = std::time::Instant::now() + ALPN_SPREAD;
+            while c.alpn_acks(&name).await? < reached && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         Ok(())
     }
@@ -780,6 +815,31 @@ fn validation_from_pem(pem: &str) -> Option<Arc<rustls::sign::CertifiedKey>> {
     validation_key(cert, &key).ok()
 }
 
+/// The order lock while this replica holds it; released when dropped (an
+/// aborted manager: a reload that changes the ACME settings, shutdown), so
+/// the others need not wait for it to expire.
+struct Held {
+    cluster: Arc<Cluster>,
+    lock: Option<Lock>,
+}
+
+impl Held {
+    async fn release(mut self) {
+        if let Some(lock) = self.lock.take() {
+            self.cluster.release(&lock).await;
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let (Some(lock), Ok(rt)) = (self.lock.take(), tokio::runtime::Handle::try_current()) {
+            let cluster = self.cluster.clone();
+            rt.spawn(async move { cluster.release(&lock).await });
+        }
+    }
+}
+
 /// Aborts a background task when its owner goes: an aborted manager
 /// leaves no listener behind.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -853,6 +913,7 @@ async fn listen(
                     if let Ok(Some(pem)) = cluster.alpn(name).await {
                         if let Some(key) = validation_from_pem(&pem) {
                             resolver.set_challenge(name, Some(key));
+                            let _ = cluster.ack_alpn(name).await;
                         }
                     }
                 }

@@ -145,12 +145,18 @@ impl Cluster {
         self.up.load(Relaxed)
     }
 
-    /// Pings Redis for the life of the server and moves the breaker.
+    /// Probes Redis for the life of the server and moves the breaker. The
+    /// probe is the rate-limit script itself on a key of its own (always
+    /// admitted), not a PING: a Redis that answers PING but refuses the
+    /// script's write (a read-only replica, out of memory) stays out instead
+    /// of flapping in and out once a second.
     pub async fn watch(self: Arc<Self>) {
+        let probe_key = self.key("rl:probe");
         loop {
-            let ping = redis::cmd("PING");
+            let mut probe = self.gcra.key(&probe_key);
+            probe.arg(1u64).arg(1_000_000u64);
             let bound = self.settings.timeout.max(Duration::from_millis(500));
-            match self.call::<String>(&ping, bound).await {
+            match self.script::<u64>(&probe, bound).await {
                 Ok(_) => self.mark_up(),
                 Err(e) => self.mark_down(&e),
             }

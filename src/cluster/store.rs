@@ -11,7 +11,10 @@
 //!   that stalled past its lock's expiry cannot overwrite a newer one).
 //! - `acme:account:DIRECTORY`: the account's credentials (JSON).
 //! - `acme:http01:TOKEN`, `acme:alpn:NAME`: challenge answers, with an
-//!   expiry so an order abandoned by a crash leaves nothing behind.
+//!   expiry so an order abandoned by a crash leaves nothing behind;
+//!   `acme:alpn-ack:NAME`: the replicas serving that validation
+//!   certificate (the TLS handshake cannot wait for Redis, so the order
+//!   waits until every replica has it).
 //! - channel `events`: `cert HOST`, `alpn NAME`, `alpn-done NAME`.
 
 use std::collections::HashMap;
@@ -273,8 +276,9 @@ impl Cluster {
     }
 
     /// A TLS-ALPN-01 validation certificate and key (PEM) any replica can
-    /// serve, announced on the channel.
-    pub async fn set_alpn(&self, name: &str, cert: &str, key: &str) -> Result<(), ClusterError> {
+    /// serve, announced on the channel. Returns how many subscribers the
+    /// notice reached: the replicas that will acknowledge it.
+    pub async fn set_alpn(&self, name: &str, cert: &str, key: &str) -> Result<usize, ClusterError> {
         self.call::<()>(
             redis::cmd("SET")
                 .arg(self.key(&format!("acme:alpn:{name}")))
@@ -284,7 +288,41 @@ impl Cluster {
             BOUND,
         )
         .await?;
-        self.publish(&format!("alpn {name}")).await
+        self.call::<()>(
+            redis::cmd("DEL").arg(self.key(&format!("acme:alpn-ack:{name}"))),
+            BOUND,
+        )
+        .await?;
+        self.call::<usize>(
+            redis::cmd("PUBLISH")
+                .arg(self.channel())
+                .arg(format!("alpn {name}")),
+            BOUND,
+        )
+        .await
+    }
+
+    /// This replica serves the validation certificate for `name` now.
+    pub async fn ack_alpn(&self, name: &str) -> Result<(), ClusterError> {
+        let key = self.key(&format!("acme:alpn-ack:{name}"));
+        self.call::<()>(redis::cmd("SADD").arg(&key).arg(&self.settings.name), BOUND)
+            .await?;
+        self.call::<()>(
+            redis::cmd("PEXPIRE")
+                .arg(&key)
+                .arg(ANSWER_TTL.as_millis() as u64),
+            BOUND,
+        )
+        .await
+    }
+
+    /// How many replicas serve the validation certificate for `name`.
+    pub async fn alpn_acks(&self, name: &str) -> Result<usize, ClusterError> {
+        self.call(
+            redis::cmd("SCARD").arg(self.key(&format!("acme:alpn-ack:{name}"))),
+            BOUND,
+        )
+        .await
     }
 
     /// The validation certificate and key for `name`, as one PEM text.
@@ -298,7 +336,9 @@ impl Cluster {
 
     pub async fn del_alpn(&self, name: &str) -> Result<(), ClusterError> {
         self.call::<()>(
-            redis::cmd("DEL").arg(self.key(&format!("acme:alpn:{name}"))),
+            redis::cmd("DEL")
+                .arg(self.key(&format!("acme:alpn:{name}")))
+                .arg(self.key(&format!("acme:alpn-ack:{name}"))),
             BOUND,
         )
         .await?;

@@ -900,7 +900,9 @@ async fn serve_challenge(rt: &Runtime, shared: &Context, path: &str) -> Response
                 .cloned()
         })
         .flatten();
-    if let (None, true, Some(cluster)) = (&own, valid, &shared.cluster) {
+    if let (None, true, Some(cluster)) =
+        (&own, valid, shared.cluster.as_ref().filter(|c| c.is_up()))
+    {
         match cluster.http01(token).await {
             Ok(answer) => own = answer,
             Err(e) => tracing::warn!(

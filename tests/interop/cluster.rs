@@ -335,7 +335,8 @@ struct Relay {
     hold: tokio::sync::watch::Sender<bool>,
     /// The replicas that answered, in order.
     answered_by: Arc<Mutex<Vec<String>>>,
-    /// Replicas the relay may use: (name, HTTP address).
+    /// Replicas the relay may use: (name, address of the port the CA
+    /// validates on).
     alive: Arc<Mutex<Vec<(String, SocketAddr)>>>,
 }
 
@@ -389,8 +390,12 @@ async fn relay(port: u16, redis_url: String) -> Relay {
 }
 
 fn acme_body(pebble: &Pebble, ws: &str) -> String {
+    acme_body_with(pebble, ws, "http-01")
+}
+
+fn acme_body_with(pebble: &Pebble, ws: &str, challenge: &str) -> String {
     format!(
-        "hostname = \"{HOST}\"\n\n[acme]\nemail = \"admin@example.com\"\ndirectory = \"{}\"\nca_roots = [\"{}\"]\n\n[[route]]\npath = \"/\"\nupstream = \"{ws}\"\n",
+        "hostname = \"{HOST}\"\n\n[acme]\nemail = \"admin@example.com\"\ndirectory = \"{}\"\nca_roots = [\"{}\"]\nchallenge = \"{challenge}\"\n\n[[route]]\npath = \"/\"\nupstream = \"{ws}\"\n",
         pebble.directory,
         pebble.server_cert.display(),
     )
@@ -511,6 +516,46 @@ async fn three_replicas_place_one_order_and_share_its_renewal() {
     assert!(code == 0 || code == 1, "{out}{err}");
     assert!(out.contains("cluster:      "), "{out}");
     assert!(out.contains("last renewal: "), "{out}");
+}
+
+/// TLS-ALPN-01: the CA's handshake reaches a replica that did not order;
+/// it serves the validation certificate the holder put in Redis (the
+/// order waits until every replica holds it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_alpn01_challenge_is_answered_by_any_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = Redis::start().await;
+    let tls_port = free_port();
+    let pebble = Pebble::start(dir.path(), free_port(), tls_port, None, false).await;
+    let relay = relay(tls_port, redis.url()).await;
+    let up = fixed(200, "OK").await;
+    let replicas = three(
+        &redis.url(),
+        "",
+        &acme_body_with(&pebble, &up.url(), "tls-alpn-01"),
+    )
+    .await;
+    *relay.alive.lock().unwrap() = replicas.iter().map(|r| (r.name.clone(), r.https)).collect();
+    let roots = pebble.issuing_root().await;
+    let refs: Vec<&Replica> = replicas.iter().collect();
+    let fps = all_issued(&refs, &roots, None, Duration::from_secs(90)).await;
+    assert!(fps.iter().all(|f| *f == fps[0]), "{fps:?}");
+    assert_eq!(pebble.orders(), 1);
+    let mut conn = redis.conn().await;
+    let issuer: String = within(
+        redis::cmd("HGET")
+            .arg(format!("gatehouse:cert:{HOST}"))
+            .arg("replica")
+            .query_async(&mut conn),
+    )
+    .await
+    .unwrap();
+    let answered = relay.answered_by.lock().unwrap().clone();
+    assert!(!answered.is_empty());
+    assert!(
+        !answered.contains(&issuer),
+        "{issuer} ordered; answered by {answered:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
