@@ -282,59 +282,52 @@ impl Cluster {
     pub fn series(&self) -> Vec<(&'static str, &'static str, String, f64)> {
         let s = &self.stats;
         let trips = s.round_trips.load(Relaxed);
+        // No labels: one value per series.
+        let one = |name, help, value| (name, help, String::new(), value);
         vec![
-            (
+            one(
                 "gatehouse_redis_up",
                 "1 while Redis answers; 0 while rate limits follow on_redis_error.",
-                String::new(),
                 f64::from(u8::from(self.is_up())),
             ),
-            (
+            one(
                 "gatehouse_redis_round_trips_total",
                 "Redis commands and scripts that answered.",
-                String::new(),
                 trips as f64,
             ),
-            (
+            one(
                 "gatehouse_redis_round_trip_seconds_total",
                 "Time spent in Redis round trips that answered.",
-                String::new(),
                 s.round_trip_micros.load(Relaxed) as f64 / 1e6,
             ),
-            (
+            one(
                 "gatehouse_redis_errors_total",
                 "Redis commands that failed or timed out.",
-                String::new(),
                 s.errors.load(Relaxed) as f64,
             ),
-            (
+            one(
                 "gatehouse_redis_fallbacks_total",
                 "Rate-limit decisions taken without Redis (on_redis_error).",
-                String::new(),
                 s.fallbacks.load(Relaxed) as f64,
             ),
-            (
+            one(
                 "gatehouse_redis_outages_total",
                 "Times Redis went from reachable to unreachable.",
-                String::new(),
                 s.outages.load(Relaxed) as f64,
             ),
-            (
+            one(
                 "gatehouse_acme_lock_held",
                 "1 while this replica holds the cluster's ACME order lock.",
-                String::new(),
                 f64::from(u8::from(s.lock_held.load(Relaxed))),
             ),
-            (
+            one(
                 "gatehouse_acme_lock_acquisitions_total",
                 "Times this replica acquired the ACME order lock.",
-                String::new(),
                 s.lock_acquisitions.load(Relaxed) as f64,
             ),
-            (
+            one(
                 "gatehouse_certificates_adopted_total",
                 "Certificates issued by another replica that this one took over.",
-                String::new(),
                 s.certs_adopted.load(Relaxed) as f64,
             ),
         ]

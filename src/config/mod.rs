@@ -536,51 +536,31 @@ impl Builder<'_> {
         };
         let key_prefix = match &c.key_prefix {
             None => DEFAULT_KEY_PREFIX.to_string(),
-            Some(v) => {
-                let p = v.get_ref();
-                if p.is_empty() || p.len() > 64 || p.bytes().any(|b| !b.is_ascii_graphic()) {
-                    return Err(self.err(
-                        v.span(),
-                        "key_prefix",
-                        "expected 1 to 64 visible ASCII characters",
-                    ));
-                }
-                p.clone()
-            }
+            Some(v) => self.visible(v, "key_prefix", 64)?,
         };
         let timeout = match &c.timeout {
             None => DEFAULT_REDIS_TIMEOUT,
-            Some(v) => {
-                let d = self.duration(v, "timeout")?;
-                if d.is_zero() || d > Duration::from_secs(10) {
-                    return Err(self.err(v.span(), "timeout", "expected from 1ms to 10s"));
-                }
-                d
-            }
+            Some(v) => self.duration_within(
+                v,
+                "timeout",
+                Duration::from_millis(1),
+                Duration::from_secs(10),
+                "expected from 1ms to 10s",
+            )?,
         };
         let lock_ttl = match &c.lock_ttl {
             None => DEFAULT_LOCK_TTL,
-            Some(v) => {
-                let d = self.duration(v, "lock_ttl")?;
-                if d < Duration::from_secs(3) || d > Duration::from_secs(3600) {
-                    return Err(self.err(v.span(), "lock_ttl", "expected from 3s to 1h"));
-                }
-                d
-            }
+            Some(v) => self.duration_within(
+                v,
+                "lock_ttl",
+                Duration::from_secs(3),
+                Duration::from_secs(3600),
+                "expected from 3s to 1h",
+            )?,
         };
         let name = match &c.name {
             None => default_replica_name(),
-            Some(v) => {
-                let n = v.get_ref();
-                if n.is_empty() || n.len() > 128 || n.bytes().any(|b| !b.is_ascii_graphic()) {
-                    return Err(self.err(
-                        v.span(),
-                        "name",
-                        "expected 1 to 128 visible ASCII characters",
-                    ));
-                }
-                n.clone()
-            }
+            Some(v) => self.visible(v, "name", 128)?,
         };
         Ok(ClusterSettings {
             redis,
@@ -595,6 +575,35 @@ impl Builder<'_> {
             lock_ttl,
             name,
         })
+    }
+
+    /// A name that goes into Redis keys and log lines: 1 to `max` visible
+    /// ASCII characters.
+    fn visible(&self, v: &Spanned<String>, key: &str, max: usize) -> Result<String, ConfigError> {
+        let t = v.get_ref();
+        if t.is_empty() || t.len() > max || t.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(self.err(
+                v.span(),
+                key,
+                format!("expected 1 to {max} visible ASCII characters"),
+            ));
+        }
+        Ok(t.clone())
+    }
+
+    fn duration_within(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+        min: Duration,
+        max: Duration,
+        msg: &str,
+    ) -> Result<Duration, ConfigError> {
+        let d = self.duration(v, key)?;
+        if d < min || d > max {
+            return Err(self.err(v.span(), key, msg));
+        }
+        Ok(d)
     }
 
     fn cidrs(&self, list: &[Spanned<String>], key: &str) -> Result<Vec<Cidr>, ConfigError> {

@@ -389,6 +389,18 @@ async fn relay(port: u16, redis_url: String) -> Relay {
     }
 }
 
+/// The replica that stored the cluster's certificate.
+async fn stored_by(conn: &mut redis::aio::MultiplexedConnection) -> String {
+    within(
+        redis::cmd("HGET")
+            .arg(format!("gatehouse:cert:{HOST}"))
+            .arg("replica")
+            .query_async(conn),
+    )
+    .await
+    .unwrap()
+}
+
 fn acme_body(pebble: &Pebble, ws: &str) -> String {
     acme_body_with(pebble, ws, "http-01")
 }
@@ -471,14 +483,7 @@ async fn three_replicas_place_one_order_and_share_its_renewal() {
     let answered = relay.answered_by.lock().unwrap().clone();
     assert!(!answered.is_empty());
     let mut conn = redis.conn().await;
-    let issuer: String = within(
-        redis::cmd("HGET")
-            .arg(format!("gatehouse:cert:{HOST}"))
-            .arg("replica")
-            .query_async(&mut conn),
-    )
-    .await
-    .unwrap();
+    let issuer = stored_by(&mut conn).await;
     assert!(
         !answered.contains(&issuer),
         "{issuer} ordered; answered by {answered:?}"
@@ -542,14 +547,7 @@ async fn a_tls_alpn01_challenge_is_answered_by_any_replica() {
     assert!(fps.iter().all(|f| *f == fps[0]), "{fps:?}");
     assert_eq!(pebble.orders(), 1);
     let mut conn = redis.conn().await;
-    let issuer: String = within(
-        redis::cmd("HGET")
-            .arg(format!("gatehouse:cert:{HOST}"))
-            .arg("replica")
-            .query_async(&mut conn),
-    )
-    .await
-    .unwrap();
+    let issuer = stored_by(&mut conn).await;
     let answered = relay.answered_by.lock().unwrap().clone();
     assert!(!answered.is_empty());
     assert!(
@@ -610,14 +608,7 @@ async fn another_replica_finishes_when_the_lock_holder_dies_mid_order() {
     let refs: Vec<&Replica> = replicas.iter().collect();
     let fps = all_issued(&refs, &roots, None, Duration::from_secs(90)).await;
     assert_eq!(fps[0], fps[1]);
-    let issuer: String = within(
-        redis::cmd("HGET")
-            .arg(format!("gatehouse:cert:{HOST}"))
-            .arg("replica")
-            .query_async(&mut conn),
-    )
-    .await
-    .unwrap();
+    let issuer = stored_by(&mut conn).await;
     assert_ne!(issuer, holder, "the dead replica cannot have stored it");
     assert!(replicas.iter().any(|r| r.name == issuer));
     let fence: u64 = within(
