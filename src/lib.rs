@@ -20,7 +20,8 @@
 //!            proxy says https)
 //!            router::normalize; select_route (longest prefix on the
 //!            normal form, allow/deny, fall-through)      → 404 | 403 | 400
-//!            admit_rate (per-address limiter)           → 429
+//!            admit_rate (per-address limiter; with [cluster] one
+//!            Redis script, else on_redis_error)         → 429 | 503
 //!            admit_body (Content-Length over max_body)  → 413
 //!            upgrade::h1 (route's tokens) | upgrade::h2_websocket
 //!                                                       (tunnels own their state)
@@ -46,7 +47,8 @@
 //! ```
 //!
 //! Modules are in layers, one folder each: `base` (primitives), `config`,
-//! `policy`, `upstream`, `runtime`, `certs`, `conn` (connections; requests
+//! `policy`, `upstream`, `cluster` (state replicas share through Redis),
+//! `runtime`, `certs`, `conn` (connections; requests
 //! go to a `conn::Handler`), `proxy` (the request pipeline, the handler),
 //! `ops` (plan, server, supervisor, admin), `tools` (the commands).
 //! `tests/it/layers.rs` holds the order and checks every import.

@@ -459,13 +459,13 @@ async fn echoes(ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStrea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_place_one_order_and_share_its_renewal() {
     let dir = tempfile::tempdir().unwrap();
-    let redis = Redis::start().await;
+    let mut redis = Redis::start().await;
     let http01 = free_port();
     // 30 s certificates: renewed once 10 s remain.
     let pebble = Pebble::start(dir.path(), http01, free_port(), Some(30), false).await;
     let relay = relay(http01, redis.url()).await;
     let ws = websocket_echo().await;
-    let replicas = three(&redis.url(), "", &acme_body(&pebble, &ws.url())).await;
+    let mut replicas = three(&redis.url(), "", &acme_body(&pebble, &ws.url())).await;
     *relay.alive.lock().unwrap() = replicas.iter().map(|r| (r.name.clone(), r.http)).collect();
     let roots = pebble.issuing_root().await;
     let refs: Vec<&Replica> = replicas.iter().collect();
@@ -520,7 +520,27 @@ async fn three_replicas_place_one_order_and_share_its_renewal() {
     let (code, out, err) = run(replicas[0]._dir.path(), &["cert"], &[]).await;
     assert!(code == 0 || code == 1, "{out}{err}");
     assert!(out.contains("cluster:      "), "{out}");
-    assert!(out.contains("last renewal: "), "{out}");
+    assert!(
+        out.contains(&format!(
+            "last renewal: {}",
+            time::OffsetDateTime::now_utc().year()
+        )),
+        "{out}"
+    );
+    assert!(out.contains("  order lock:   "), "{out}");
+    drop(refs);
+    // Restarted while Redis is gone, a replica serves the last certificate
+    // from its own disk.
+    redis.stop().await;
+    let r0 = replicas.remove(0);
+    let (name, mut run0, dir0) = (r0.name, r0.run, r0._dir);
+    run0.child.start_kill().unwrap();
+    within(run0.child.wait()).await.unwrap();
+    let again = listening(&name, Running::spawn(dir0.path(), &[], &[]), dir0).await;
+    assert_eq!(
+        verified_fingerprint(again.https, &roots).await.as_deref(),
+        Some(second[0].as_str())
+    );
 }
 
 /// TLS-ALPN-01: the CA's handshake reaches a replica that did not order;

@@ -440,3 +440,37 @@ async fn requests_are_served_while_a_reload_writes_a_slow_certificate() {
     assert_eq!(px.get("/").await.text(), "A");
     px.stop().await;
 }
+
+/// Issue 14: `[cluster]` is made once at start; a reload that adds,
+/// changes or removes it is applied otherwise and reports the restart it
+/// needs (the count behind `gatehouse_config_restart_pending`), keeping
+/// the running value.
+#[tokio::test]
+async fn a_reload_that_changes_the_cluster_asks_for_a_restart() {
+    let up = fixed(200, "OK").await;
+    let mut px = Proxy::start(&routes(&[("/", &up.url())])).await;
+    let server = px.server.as_mut().unwrap();
+    assert!(server.shared.cluster.is_none());
+    let with_cluster = load(
+        px.dir.path(),
+        &format!(
+            "{}\n[cluster]\nredis = \"redis://127.0.0.1:1/0\"\nname = \"r\"\n",
+            routes(&[("/", &up.url())])
+        ),
+        &[],
+    )
+    .unwrap();
+    within(server.apply(with_cluster)).await.unwrap();
+    assert!(server.shared.cluster.is_none(), "the running value stays");
+    let pending = |s: &gatehouse::Server| {
+        s.shared
+            .restart_pending
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(pending(server), 1);
+    // Back to what it started with: nothing pending.
+    let plain = load(px.dir.path(), &routes(&[("/", &up.url())]), &[]).unwrap();
+    within(server.apply(plain)).await.unwrap();
+    assert_eq!(pending(server), 0);
+    px.stop().await;
+}
