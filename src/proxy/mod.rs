@@ -529,15 +529,15 @@ async fn admit_rate(
     };
     if let Some(cluster) = cluster {
         let (interval, tolerance) = limit.gcra();
-        match cluster
-            .admit(
-                &route.path,
-                crate::policy::rate_limit::key_of(ip),
-                interval,
-                tolerance,
-            )
-            .await
-        {
+        // Boxed: the Redis call's state lives on the heap only for limited
+        // requests of a cluster, instead of widening every request's future.
+        let shared = Box::pin(cluster.admit(
+            &route.path,
+            crate::policy::rate_limit::key_of(ip),
+            interval,
+            tolerance,
+        ));
+        match shared.await {
             Ok(verdict) => {
                 return verdict.map_err(|wait| ProxyError::RateLimited { retry_after: wait })
             }
