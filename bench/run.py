@@ -207,15 +207,15 @@ http {{
     return proc
 
 
-def gatehouse_peer(binary, d, cert, key, up, ws, http, https, logs):
-    # With logs, each proxy's default format, into a file.
-    conf = write(os.path.join(d, "gatehouse.toml"), f"""
+def gatehouse_conf(d, cert, key, up, ws, http, https, log_format):
+    """The benchmark's Gatehouse configuration (one worker, the three routes)."""
+    return write(os.path.join(d, "gatehouse.toml"), f"""
 http_port = {http}
 https_port = {https}
 bind = ["127.0.0.1"]
 workers = 1
 force_https_redirect = false
-log_format = "{'combined' if logs else 'off'}"
+log_format = "{log_format}"
 
 [tls]
 cert = "{cert}"
@@ -237,6 +237,11 @@ upstream = "http://127.0.0.1:{up}"
 path = "/big"
 upstream = "http://127.0.0.1:{up}"
 """)
+
+
+def gatehouse_peer(binary, d, cert, key, up, ws, http, https, logs):
+    # With logs, each proxy's default format, into a file.
+    conf = gatehouse_conf(d, cert, key, up, ws, http, https, "combined" if logs else "off")
     env = dict(os.environ, RUST_LOG="warn")
     return Peer("gatehouse", [binary, "--config", conf], http, https, env=env,
                 stdout_path=os.path.join(d, "gatehouse-access.log") if logs else None)

@@ -169,28 +169,18 @@ impl HttpClient {
         authority: Authority,
         mut sender: http1::SendRequest<UpstreamBody>,
     ) {
+        // A small answer is often read whole with its head, and the
+        // connection is ready again already: pooled now, without a task
+        // (issue 13 point 3).
+        if sender.is_ready() {
+            self.inner.pool(authority, sender);
+            return;
+        }
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
+            if sender.ready().await.is_ok() {
+                inner.pool(authority, sender);
             }
-            let mut idle = inner.lock();
-            let pos = match idle.iter().position(|(a, _)| *a == authority) {
-                Some(p) => p,
-                None => {
-                    idle.push((authority, Vec::new()));
-                    idle.len() - 1
-                }
-            };
-            let list = &mut idle[pos].1;
-            if list.len() >= MAX_IDLE {
-                // The oldest idle connection makes room.
-                list.remove(0);
-            }
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
         });
     }
 
@@ -278,6 +268,27 @@ impl HttpClient {
 }
 
 impl Inner {
+    /// Puts a ready connection on its server's idle stack.
+    fn pool(&self, authority: Authority, sender: http1::SendRequest<UpstreamBody>) {
+        let mut idle = self.lock();
+        let pos = match idle.iter().position(|(a, _)| *a == authority) {
+            Some(p) => p,
+            None => {
+                idle.push((authority, Vec::new()));
+                idle.len() - 1
+            }
+        };
+        let list = &mut idle[pos].1;
+        if list.len() >= MAX_IDLE {
+            // The oldest idle connection makes room.
+            list.remove(0);
+        }
+        list.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Authority, Vec<Idle>)>> {
         // Held for a scan of a few entries and a push or pop.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
