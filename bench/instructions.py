@@ -31,7 +31,7 @@ SCENARIOS = {
 SHORT, LONG = 2000, 20000
 
 
-def total_instructions(binary, scenario, log_format, n):
+def total_instructions(binary, scenario, log_format, n, keep=None):
     with tempfile.TemporaryDirectory(prefix="gh-cg") as d:
         cert, key, _ = bench.make_cert(d)
         up = bench.free_port()
@@ -58,6 +58,9 @@ def total_instructions(binary, scenario, log_format, n):
             log.close()
             os.killpg(upstream.pid, signal.SIGTERM)
             upstream.wait(timeout=15)
+        if keep:
+            import shutil
+            shutil.copy(out, os.path.join(keep, f"callgrind.{scenario}.{log_format}.{n}"))
         with open(out) as f:
             for line in f:
                 if line.startswith("summary:") or line.startswith("totals:"):
@@ -70,13 +73,14 @@ def main():
     ap.add_argument("--binary", default=os.path.join(bench.ROOT, "target/release/gatehouse"))
     ap.add_argument("--scenarios", default="h1,tls,h2")
     ap.add_argument("--logs", default="off,combined,json")
+    ap.add_argument("--keep", help="a folder to keep the long runs' callgrind files in (for callgrind_annotate)")
     args = ap.parse_args()
     print("| scenario | access log | instructions/request |")
     print("|---|---|---:|")
     for scenario in args.scenarios.split(","):
         for log_format in args.logs.split(","):
             short = total_instructions(args.binary, scenario, log_format, SHORT)
-            long = total_instructions(args.binary, scenario, log_format, LONG)
+            long = total_instructions(args.binary, scenario, log_format, LONG, args.keep)
             per = (long - short) / (LONG - SHORT)
             print(f"| {SCENARIOS[scenario][0]} | {log_format} | {per:,.0f} |", flush=True)
 
