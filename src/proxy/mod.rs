@@ -27,6 +27,7 @@ pub(crate) use crate::conn::Conn;
 use crate::proxy::error::ProxyError;
 use crate::runtime::{RouteRt, Runtime};
 use crate::upstream::body::{caused_by, BodyTooLarge, ClientBodyError, UpstreamBody};
+use crate::upstream::pool::UpstreamResponse;
 use response::ResponseBody;
 
 pub(crate) static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
@@ -658,7 +659,7 @@ pub(crate) fn prepare_upstream_with<B>(
 pub(crate) async fn send(
     route: &RouteRt,
     req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamResponse>, ProxyError> {
     if route.servers.len() < 2 {
         return send_once(route, req).await;
     }
@@ -733,7 +734,7 @@ fn is_idempotent(m: &Method) -> bool {
 async fn send_once(
     route: &RouteRt,
     mut req: Request<UpstreamBody>,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<UpstreamResponse>, ProxyError> {
     let progress = req.body_mut().progress();
     let sent = route.client.request(req);
     let answer = match progress {
@@ -754,13 +755,8 @@ async fn send_once(
         Some(Ok(res)) => res,
     };
     route.metrics.reached.store(true, Relaxed);
-    // The upstream is held to the same framing rule as clients; hyper would
-    // trust Transfer-Encoding, but the pair means a confused or hostile
-    // upstream.
-    let h = res.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(crate::upstream::pool::UpstreamError::AmbiguousFraming.into());
-    }
+    // (A response with both Content-Length and Transfer-Encoding was
+    // refused by the parser, upstream::h1: RFC 9112 §6.1.)
     match res.status() {
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
             Err(ProxyError::UpstreamStatus(res.status()))
@@ -799,7 +795,7 @@ async fn after_body<F: std::future::Future>(
 /// Shapes the upstream's response for the client: hop-by-hop fields out,
 /// own-host `Location` kept on https, compression when it pays.
 pub(crate) fn finish_response(
-    res: Response<Incoming>,
+    res: Response<UpstreamResponse>,
     client: &Client,
     host: Option<&HeaderValue>,
     method: &Method,

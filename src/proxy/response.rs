@@ -9,7 +9,6 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
 use crate::upstream::body::BoxError;
@@ -19,7 +18,7 @@ pin_project! {
     #[project = KindProj]
     pub enum Kind {
         /// An upstream response streamed through as it arrives.
-        Upstream { #[pin] body: Incoming },
+        Upstream { #[pin] body: crate::upstream::pool::UpstreamResponse },
         /// A page of Gatehouse's own (status page, 404, redirect).
         Full { #[pin] body: Full<Bytes> },
         /// A transformed stream (compression).
@@ -58,7 +57,7 @@ impl ResponseBody {
         Self::full(Bytes::new())
     }
 
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: crate::upstream::pool::UpstreamResponse) -> Self {
         Self::from(Kind::Upstream { body })
     }
 

@@ -93,7 +93,7 @@ pub async fn h1(
     up.headers_mut().insert(header::UPGRADE, protocols.clone());
     up.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    let mut res = send(&route, up).await?;
+    let res = send(&route, up).await?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         // RFC 9110 §7.8: the server switches to one of the protocols the
         // client listed; anything else is not opened as a tunnel.
@@ -120,7 +120,15 @@ pub async fn h1(
             None,
         ));
     }
-    let upstream_side = hyper::upgrade::on(&mut res);
+    let Some(upstream_side) = res
+        .extensions()
+        .get::<crate::upstream::pool::Upgraded>()
+        .and_then(crate::upstream::pool::Upgraded::take)
+    else {
+        return Err(ProxyError::Upgrade(
+            "the upstream connection was not handed over".into(),
+        ));
+    };
     spawn_tunnel(
         client_side,
         upstream_side,
@@ -168,7 +176,7 @@ pub async fn h2_websocket(
     );
     h.entry(header::SEC_WEBSOCKET_VERSION)
         .or_insert(HeaderValue::from_static("13"));
-    let mut res = send(&route, up).await?;
+    let res = send(&route, up).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(super::finish_response(
             res,
@@ -188,7 +196,15 @@ pub async fn h2_websocket(
             "upstream sent a wrong Sec-WebSocket-Accept".into(),
         ));
     }
-    let upstream_side = hyper::upgrade::on(&mut res);
+    let Some(upstream_side) = res
+        .extensions()
+        .get::<crate::upstream::pool::Upgraded>()
+        .and_then(crate::upstream::pool::Upgraded::take)
+    else {
+        return Err(ProxyError::Upgrade(
+            "the upstream connection was not handed over".into(),
+        ));
+    };
     spawn_tunnel(
         client_side,
         upstream_side,
@@ -210,22 +226,24 @@ pub async fn h2_websocket(
 
 fn spawn_tunnel(
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: (tokio::net::TcpStream, bytes::Bytes),
     idle: Duration,
     route: String,
     metrics: Arc<crate::runtime::metrics::Metrics>,
 ) {
     tokio::spawn(async move {
         let _open = crate::runtime::metrics::Gauge::up(&metrics.open_websockets);
-        let (client, upstream) = match tokio::try_join!(client, upstream) {
-            Ok(pair) => pair,
+        let client = match client.await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::debug!(route, "upgrade did not complete: {e}");
                 return;
             }
         };
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+        // What the upstream sent right after its 101 comes first.
+        let (tcp, early) = upstream;
+        let mut upstream = crate::conn::proxy_protocol::Prefixed::new(early.to_vec(), tcp);
         match splice(&mut client, &mut upstream, idle).await {
             Ok(Closed::Idle) => tracing::debug!(
                 route,

@@ -2,5 +2,6 @@
 //! resolution) and the request body as it is sent to them.
 
 pub mod body;
+pub mod h1;
 pub mod pool;
 pub mod resolver;

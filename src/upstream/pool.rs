@@ -7,11 +7,11 @@
 //! of cache), and every address it resolves to is tried in turn, so
 //! `localhost` works whether it means ::1 or 127.0.0.1 (AliasVault #1627).
 //!
-//! The pool is a stack of idle `hyper::client::conn` senders per server,
-//! found by a short scan of the route's few servers: no hashing of the
-//! authority per request, no checkout futures (the generic pooled client
-//! spent about a tenth of a proxied request's instructions there; see
-//! docs/benchmarks.md).
+//! The pool is a stack of idle connections per server, found by a short
+//! scan of the route's few servers: no hashing of the authority per
+//! request, no checkout futures. Requests and responses go over Gatehouse's
+//! own HTTP/1.1 client side (`upstream::h1`), driven in the request's task;
+//! a response body puts its connection back when it ends.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,13 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery};
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{Request, Response, StatusCode, Uri};
 use tokio::time::Instant;
 
 use crate::upstream::body::UpstreamBody;
+use crate::upstream::h1::{self, Conn, ExchangeError, Recycle};
 pub use crate::upstream::resolver::Resolver;
 use crate::upstream::resolver::DNS_TTL;
 
@@ -72,8 +70,23 @@ struct Inner {
 }
 
 struct Idle {
-    sender: http1::SendRequest<UpstreamBody>,
+    conn: Conn,
     since: Instant,
+}
+
+/// The response body of an upstream answer.
+pub type UpstreamResponse = h1::ResponseBody;
+
+/// In the extensions of a 101 answer: the upstream connection, handed to
+/// the tunnel once the client's side has switched too (taken once).
+#[derive(Clone)]
+pub struct Upgraded(Arc<Mutex<Option<(tokio::net::TcpStream, bytes::Bytes)>>>);
+
+impl Upgraded {
+    /// The socket and the bytes the upstream sent after its 101.
+    pub fn take(&self) -> Option<(tokio::net::TcpStream, bytes::Bytes)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
 }
 
 /// Why an upstream request failed.
@@ -86,15 +99,13 @@ pub enum UpstreamError {
         #[source]
         source: io::Error,
     },
-    /// The connection failed while the request was sent or answered.
-    #[error("the upstream connection failed")]
-    Request(#[source] hyper::Error),
+    /// The connection failed while the request was sent or answered, or
+    /// the answer was not valid HTTP/1.1 (ambiguous framing included, RFC
+    /// 9112 §6.1: the upstream is held to the rule clients are held to).
+    #[error("the upstream exchange failed")]
+    Exchange(#[source] ExchangeError),
     #[error("the request has no upstream address")]
     NoAuthority,
-    /// The answer's framing is ambiguous (RFC 9112 §6.1): a confused or
-    /// hostile upstream, held to the rule clients are held to.
-    #[error("the response has both Content-Length and Transfer-Encoding")]
-    AmbiguousFraming,
 }
 
 impl UpstreamError {
@@ -105,91 +116,72 @@ impl UpstreamError {
 
 impl HttpClient {
     /// Sends `req` (its URI names the server) on a pooled connection or a
-    /// new one, and returns the response head. The connection goes back to
-    /// the pool once the response body has been read to its end.
+    /// new one, and returns the response head with a body that reads the
+    /// rest from the connection and pools it at its end. A 101 carries the
+    /// connection in its extensions ([`Upgraded`]).
     pub async fn request(
         &self,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<UpstreamResponse>, UpstreamError> {
         let authority = req
             .uri()
             .authority()
             .cloned()
             .ok_or(UpstreamError::NoAuthority)?;
+        let (mut parts, mut body) = req.into_parts();
         // HTTP/1.1 to an origin server takes the origin form (RFC 9112
         // §3.2.1): the path and query, byte for byte.
-        let pq = req
-            .uri()
+        let pq = parts
+            .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(pq);
+        parts.uri = Uri::from(pq);
         let mut stale = 0;
         loop {
-            let (mut sender, pooled) = match self.checkout(&authority) {
-                Some(s) => (s, true),
+            let (conn, pooled) = match self.checkout(&authority) {
+                Some(c) => (c, true),
                 None => (self.connect(&authority).await?, false),
             };
-            match sender.try_send_request(req).await {
-                Ok(res) => {
-                    self.give_back_when_ready(authority, sender);
-                    return Ok(res);
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never written: safe to send again, on a new connection
-                    // after a few stale pooled ones.
-                    Some(back) if pooled && stale < MAX_STALE => {
-                        stale += 1;
-                        req = back;
+            let mut consumed = false;
+            match conn.exchange(&parts, &mut body, &mut consumed).await {
+                Ok((head, conn, reuse, kind)) => {
+                    if head.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        let mut res = head.map(|()| h1::ResponseBody::new_empty());
+                        res.extensions_mut()
+                            .insert(Upgraded(Arc::new(Mutex::new(Some(conn.into_parts())))));
+                        return Ok(res);
                     }
-                    _ => return Err(UpstreamError::Request(e.into_error())),
-                },
+                    let home: Arc<dyn Recycle> = self.inner.clone();
+                    return Ok(head.map(|()| h1::ResponseBody::new(conn, kind, reuse, Some(home))));
+                }
+                // The upstream closed a pooled connection as the request
+                // arrived (its keep-alive timer raced ours): sent again on
+                // another when none of the body was taken.
+                Err(ExchangeError::Closed) if pooled && !consumed && stale < MAX_STALE => {
+                    stale += 1;
+                }
+                Err(e) => return Err(UpstreamError::Exchange(e)),
             }
         }
     }
 
     /// The most recently used idle connection to `authority` that is still
     /// open; expired and closed ones are dropped on the way.
-    fn checkout(&self, authority: &Authority) -> Option<http1::SendRequest<UpstreamBody>> {
+    fn checkout(&self, authority: &Authority) -> Option<Conn> {
         let mut idle = self.inner.lock();
         let list = &mut idle.iter_mut().find(|(a, _)| a == authority)?.1;
-        while let Some(c) = list.pop() {
-            if c.sender.is_ready() && c.since.elapsed() < IDLE_TIMEOUT {
-                return Some(c.sender);
+        while let Some(mut c) = list.pop() {
+            if c.since.elapsed() < IDLE_TIMEOUT && c.conn.is_usable() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    /// Waits (in a task of its own) until the connection has finished the
-    /// response, then pools it. A connection that closes instead, or whose
-    /// response body is abandoned, is simply dropped.
-    fn give_back_when_ready(
-        &self,
-        authority: Authority,
-        mut sender: http1::SendRequest<UpstreamBody>,
-    ) {
-        // A small answer is often read whole with its head, and the
-        // connection is ready again already: pooled now, without a task
-        // (issue 13 point 3).
-        if sender.is_ready() {
-            self.inner.pool(authority, sender);
-            return;
-        }
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                inner.pool(authority, sender);
-            }
-        });
-    }
-
     /// A new connection: every resolved address in turn, sharing the
     /// connect timeout; the connection runs in a task of its own.
-    async fn connect(
-        &self,
-        authority: &Authority,
-    ) -> Result<http1::SendRequest<UpstreamBody>, UpstreamError> {
+    async fn connect(&self, authority: &Authority) -> Result<Conn, UpstreamError> {
         let fail = |source: io::Error| UpstreamError::Connect {
             authority: authority.clone(),
             source,
@@ -245,17 +237,7 @@ impl HttpClient {
             let _ = sock.set_tcp_keepalive(
                 &socket2::TcpKeepalive::new().with_time(Duration::from_secs(60)),
             );
-            let (sender, conn) = http1::Builder::new()
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| fail(io::Error::other(e)))?;
-            // Upgrades (WebSockets) hand the connection over after a 101.
-            tokio::spawn(async move {
-                if let Err(e) = conn.with_upgrades().await {
-                    tracing::debug!("upstream connection ended: {e}");
-                }
-            });
-            return Ok(sender);
+            return Ok(Conn::new(stream, authority.clone()));
         }
         // Every address failed: a stopped container's address stays in the
         // cache otherwise, and each request would wait out the connect
@@ -267,9 +249,11 @@ impl HttpClient {
     }
 }
 
-impl Inner {
-    /// Puts a ready connection on its server's idle stack.
-    fn pool(&self, authority: Authority, sender: http1::SendRequest<UpstreamBody>) {
+impl Recycle for Inner {
+    /// Puts a connection whose response has ended on its server's idle
+    /// stack: from the response body, in the request's task.
+    fn recycle(&self, conn: Conn) {
+        let authority = conn.authority().clone();
         let mut idle = self.lock();
         let pos = match idle.iter().position(|(a, _)| *a == authority) {
             Some(p) => p,
@@ -284,11 +268,13 @@ impl Inner {
             list.remove(0);
         }
         list.push(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
     }
+}
 
+impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(Authority, Vec<Idle>)>> {
         // Held for a scan of a few entries and a push or pop.
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
@@ -298,6 +284,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicU16, Ordering};
 
     #[tokio::test(start_paused = true)]

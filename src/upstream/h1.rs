@@ -1,0 +1,796 @@
+//! Gatehouse's own HTTP/1.1 client side (issue 13 point 2): one parse of
+//! each response head with httparse, the framing rules of RFC 9112 §6
+//! applied there, and the connection driven inside the request's own task
+//! — no dispatcher task, no channels between it and the request, and a
+//! connection that is pooled by the response body the moment the body
+//! ends.
+//!
+//! A request is written as its head (the method, the origin-form target
+//! and the fields as they are, plus the framing field this side decides)
+//! and its body, streamed with backpressure, while the response head is
+//! awaited on the same connection: an upstream that answers before the body
+//! is all sent gets its answer through, and that connection is not reused.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::upstream::body::{BoxError, UpstreamBody};
+
+/// A response head larger than this is refused (hyper's client allowed
+/// about 400 KiB; no application behind a proxy needs more than this).
+const MAX_HEAD: usize = 64 * 1024;
+/// Header fields in a response head.
+const MAX_FIELDS: usize = 128;
+/// What one read asks the kernel for.
+const READ_SIZE: usize = 16 * 1024;
+/// Request body data up to this size is copied in with its chunk framing
+/// and written in one call; larger data is written as it is.
+const COALESCE: usize = 8 * 1024;
+
+/// One connection to an upstream server, with what was read past the
+/// current message.
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// Where it goes: the pool it returns to is keyed by it.
+    authority: http::uri::Authority,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("the upstream connection failed")]
+    Io(#[source] io::Error),
+    /// The upstream closed the connection before any byte of an answer:
+    /// on a pooled connection, the keep-alive race (safe to try again
+    /// when the request was not consumed).
+    #[error("the upstream closed the connection before answering")]
+    Closed,
+    #[error("the response is not valid HTTP/1.1: {0}")]
+    Protocol(&'static str),
+    /// The request body failed (the client's side: too large, too slow,
+    /// gone); kept as the source so the pipeline can tell which.
+    #[error("the request body failed")]
+    Body(#[source] BoxError),
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body is sent.
+    None,
+    Length(u64),
+    Chunked,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream, authority: http::uri::Authority) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            authority,
+        }
+    }
+
+    /// For a pooled connection about to be used: false when the upstream
+    /// has closed it meanwhile (or sent something unasked). One
+    /// non-blocking read, no wait.
+    pub fn is_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Idle in the pool: the read buffer's memory goes back (issue 13:
+    /// buffers released when idle).
+    pub fn idle(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// Sends `parts` and `body` and reads the response head. The body is
+    /// borrowed, so a failed attempt on a stale pooled connection leaves it
+    /// to be sent again; `consumed` says whether any of it was taken.
+    pub async fn exchange(
+        self,
+        parts: &http::request::Parts,
+        body: &mut UpstreamBody,
+        consumed: &mut bool,
+    ) -> Result<(Response<()>, Conn, Reuse, BodyKind), ExchangeError> {
+        let mut head = Vec::with_capacity(512);
+        let framing = encode_head(parts, body, &mut head);
+        let head_request = parts.method == Method::HEAD;
+        let Conn {
+            mut io,
+            mut buf,
+            authority,
+        } = self;
+        let mut complete = false;
+        let answer = {
+            let (mut rd, mut wr) = io.split();
+            let write = async {
+                if framing == Framing::None {
+                    return wr.write_all(&head).await.map_err(ExchangeError::Io);
+                }
+                write_body(&mut wr, head, body, framing, consumed).await
+            };
+            let read = read_head(&mut rd, &mut buf, head_request);
+            tokio::pin!(write, read);
+            let mut sent = false;
+            loop {
+                tokio::select! {
+                    biased;
+                    w = &mut write, if !sent => {
+                        sent = true;
+                        match w {
+                            Ok(()) => complete = true,
+                            Err(e @ ExchangeError::Body(_)) => return Err(e),
+                            // The upstream may have answered and closed (a
+                            // 413 to a large upload): its answer, if any,
+                            // wins; otherwise the read reports the close.
+                            Err(_) => {}
+                        }
+                    }
+                    r = &mut read => break r?,
+                }
+            }
+        };
+        let (res, kind, mut reuse) = answer;
+        if !complete {
+            // Answered before the whole request went out: what is left of
+            // it would be read as the next request.
+            reuse = Reuse::No;
+        }
+        Ok((res, Conn { io, buf, authority }, reuse, kind))
+    }
+
+    /// Hands the connection over for a tunnel after a 101: the socket and
+    /// what was read past the head.
+    pub fn into_parts(self) -> (TcpStream, Bytes) {
+        (self.io, self.buf.freeze())
+    }
+
+    /// The server this connection goes to.
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+}
+
+/// Whether the connection can carry another request once this response
+/// has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    Yes,
+    No,
+}
+
+/// How the response body is framed (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Until the upstream closes the connection.
+    Eof,
+}
+
+/// Writes the request head into `out` and decides the body's framing as
+/// HTTP/1.1 requires: a `Content-Length` the request carries is kept; a
+/// body of known size gets one; a body of unknown size is sent chunked,
+/// except on GET, HEAD and CONNECT, which send none (as hyper did).
+fn encode_head(parts: &http::request::Parts, body: &UpstreamBody, out: &mut Vec<u8>) -> Framing {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let h = &parts.headers;
+    let declared = content_length(h);
+    let framing = if body.is_end_stream() {
+        Framing::None
+    } else if h.contains_key(header::TRANSFER_ENCODING) {
+        Framing::Chunked
+    } else if let Some(Some(n)) = declared {
+        Framing::Length(n)
+    } else if let Some(n) = body.size_hint().exact() {
+        Framing::Length(n)
+    } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
+        Framing::None
+    } else {
+        Framing::Chunked
+    };
+    for (name, value) in h {
+        // An invalid Content-Length of the caller's, or one a chunked body
+        // must not carry, is not sent.
+        if name == header::CONTENT_LENGTH
+            && (framing == Framing::Chunked || matches!(declared, Some(None)))
+        {
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING && framing != Framing::Chunked {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(n) if declared.is_none() => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked if !h.contains_key(header::TRANSFER_ENCODING) => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    framing
+}
+
+/// `None`: no Content-Length; `Some(None)`: one that is not a single
+/// valid length; `Some(Some(n))`: the length.
+fn content_length(h: &HeaderMap) -> Option<Option<u64>> {
+    let mut found: Option<Option<u64>> = None;
+    for v in h.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let n = parse_length(trim(part));
+            found = match (found, n) {
+                (None, n) => Some(n),
+                (Some(Some(a)), Some(b)) if a == b => Some(Some(a)),
+                _ => Some(None),
+            };
+        }
+    }
+    found
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &b[start..end]
+}
+
+/// The head (already in `pending`) and the body, framed.
+async fn write_body<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut pending: Vec<u8>,
+    body: &mut UpstreamBody,
+    framing: Framing,
+    consumed: &mut bool,
+) -> Result<(), ExchangeError> {
+    let chunked = framing == Framing::Chunked;
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut trailers = None;
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
+        *consumed = true;
+        let frame = match frame {
+            None => break,
+            Some(Err(e)) => return Err(ExchangeError::Body(e)),
+            Some(Ok(f)) => f,
+        };
+        let frame = match frame.into_data() {
+            Ok(data) => {
+                if data.is_empty() {
+                    continue;
+                }
+                if !chunked {
+                    let n = data.len() as u64;
+                    if n > left {
+                        return Err(ExchangeError::Body(
+                            "the request body is longer than its Content-Length".into(),
+                        ));
+                    }
+                    left -= n;
+                }
+                if chunked {
+                    pending.extend_from_slice(format_hex(data.len()).as_bytes());
+                    pending.extend_from_slice(b"\r\n");
+                }
+                if data.len() <= COALESCE {
+                    // Small data goes out with its framing (and, the first
+                    // time, the head) in one write.
+                    pending.extend_from_slice(&data);
+                    if chunked {
+                        pending.extend_from_slice(b"\r\n");
+                    }
+                    w.write_all(&pending).await.map_err(ExchangeError::Io)?;
+                    pending.clear();
+                } else {
+                    w.write_all(&pending).await.map_err(ExchangeError::Io)?;
+                    pending.clear();
+                    w.write_all(&data).await.map_err(ExchangeError::Io)?;
+                    if chunked {
+                        pending.extend_from_slice(b"\r\n");
+                    }
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(t) = frame.into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    if let Framing::Length(_) = framing {
+        if left != 0 {
+            return Err(ExchangeError::Body(
+                "the request body ended before its Content-Length".into(),
+            ));
+        }
+    }
+    if chunked {
+        pending.extend_from_slice(b"0\r\n");
+        if let Some(t) = &trailers {
+            for (name, value) in t {
+                pending.extend_from_slice(name.as_str().as_bytes());
+                pending.extend_from_slice(b": ");
+                pending.extend_from_slice(value.as_bytes());
+                pending.extend_from_slice(b"\r\n");
+            }
+        }
+        pending.extend_from_slice(b"\r\n");
+    }
+    if !pending.is_empty() {
+        w.write_all(&pending).await.map_err(ExchangeError::Io)?;
+    }
+    w.flush().await.map_err(ExchangeError::Io)
+}
+
+fn format_hex(n: usize) -> String {
+    format!("{n:x}")
+}
+
+/// Reads until a final response head is complete, skipping 1xx heads
+/// other than 101 (RFC 9110 §15.2), and decides the body's framing.
+async fn read_head<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+    head_request: bool,
+) -> Result<(Response<()>, BodyKind, Reuse), ExchangeError> {
+    let mut any = false;
+    loop {
+        if !buf.is_empty() {
+            any = true;
+            if let Some((res, len)) = parse_head(buf)? {
+                buf.advance(len);
+                let status = res.status();
+                if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+                    continue;
+                }
+                let (kind, reuse) = framing_of(&res, head_request)?;
+                return Ok((res, kind, reuse));
+            }
+            if buf.len() > MAX_HEAD {
+                return Err(ExchangeError::Protocol("response head too large"));
+            }
+        }
+        buf.reserve(READ_SIZE);
+        let n = tokio::io::AsyncReadExt::read_buf(rd, buf)
+            .await
+            .map_err(|e| {
+                if any {
+                    ExchangeError::Io(e)
+                } else {
+                    ExchangeError::Closed
+                }
+            })?;
+        if n == 0 {
+            return Err(if any || !buf.is_empty() {
+                ExchangeError::Protocol("the connection closed inside the response head")
+            } else {
+                ExchangeError::Closed
+            });
+        }
+    }
+}
+
+fn parse_head(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, ExchangeError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut fields);
+    let len = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(ExchangeError::Protocol("too many header fields"))
+        }
+        Err(_) => return Err(ExchangeError::Protocol("invalid response head")),
+    };
+    let code = parsed.code.unwrap_or(0);
+    let status =
+        StatusCode::from_u16(code).map_err(|_| ExchangeError::Protocol("invalid status code"))?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    // Sized once for these fields and those the proxy adds to them
+    // (security headers, request id; issue 13 point 3).
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 8);
+    for f in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes())
+            .map_err(|_| ExchangeError::Protocol("invalid field name"))?;
+        let value = HeaderValue::from_bytes(f.value)
+            .map_err(|_| ExchangeError::Protocol("invalid field value"))?;
+        headers.append(name, value);
+    }
+    let mut res = Response::new(());
+    *res.status_mut() = status;
+    *res.version_mut() = version;
+    *res.headers_mut() = headers;
+    Ok(Some((res, len)))
+}
+
+/// RFC 9112 §6.3 for a response, and whether the connection stays open.
+fn framing_of(res: &Response<()>, head_request: bool) -> Result<(BodyKind, Reuse), ExchangeError> {
+    let h = res.headers();
+    let mut reuse = if connection_has(h, "close")
+        || (res.version() == Version::HTTP_10 && !connection_has(h, "keep-alive"))
+    {
+        Reuse::No
+    } else {
+        Reuse::Yes
+    };
+    let status = res.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((BodyKind::Empty, Reuse::No));
+    }
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((BodyKind::Empty, reuse));
+    }
+    let te = h.contains_key(header::TRANSFER_ENCODING);
+    if te && h.contains_key(header::CONTENT_LENGTH) {
+        // RFC 9112 §6.1: a confused or hostile upstream, held to the rule
+        // clients are held to.
+        return Err(ExchangeError::Protocol(
+            "the response has both Content-Length and Transfer-Encoding",
+        ));
+    }
+    if te {
+        let chunked_last = h
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+            .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
+        if chunked_last {
+            return Ok((BodyKind::Chunked, reuse));
+        }
+        return Ok((BodyKind::Eof, Reuse::No));
+    }
+    match content_length(h) {
+        Some(Some(0)) => Ok((BodyKind::Empty, reuse)),
+        Some(Some(n)) => Ok((BodyKind::Length(n), reuse)),
+        Some(None) => Err(ExchangeError::Protocol("invalid Content-Length")),
+        None => {
+            reuse = Reuse::No;
+            Ok((BodyKind::Eof, reuse))
+        }
+    }
+}
+
+fn connection_has(h: &HeaderMap, token: &str) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Where a finished connection goes: back to its pool, or closed.
+pub trait Recycle: Send + Sync {
+    fn recycle(&self, conn: Conn);
+}
+
+/// The body of an upstream response, read from the connection as the
+/// client takes it; the connection goes back to the pool at its end.
+pub struct ResponseBody {
+    conn: Option<Conn>,
+    kind: BodyKind,
+    chunk: Chunk,
+    reuse: Reuse,
+    pool: Option<std::sync::Arc<dyn Recycle>>,
+}
+
+impl std::fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("kind", &self.kind)
+            .field("chunk", &self.chunk)
+            .field("reuse", &self.reuse)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// After a chunk's data: its CRLF.
+    DataEnd,
+    /// After the last chunk: trailer fields, then the empty line.
+    Trailers,
+    Done,
+}
+
+impl ResponseBody {
+    pub fn new(
+        conn: Conn,
+        kind: BodyKind,
+        reuse: Reuse,
+        pool: Option<std::sync::Arc<dyn Recycle>>,
+    ) -> ResponseBody {
+        let mut body = ResponseBody {
+            conn: Some(conn),
+            kind,
+            chunk: Chunk::Size,
+            reuse,
+            pool,
+        };
+        if kind == BodyKind::Empty {
+            body.finish();
+        }
+        body
+    }
+
+    /// A body with nothing in it and no connection (a 101's).
+    pub fn new_empty() -> ResponseBody {
+        ResponseBody {
+            conn: None,
+            kind: BodyKind::Empty,
+            chunk: Chunk::Done,
+            reuse: Reuse::No,
+            pool: None,
+        }
+    }
+
+    /// The body has ended: the connection goes back to the pool if it can
+    /// carry another request (nothing unread, the upstream keeps it).
+    fn finish(&mut self) {
+        self.kind = BodyKind::Empty;
+        if let Some(mut conn) = self.conn.take() {
+            if self.reuse == Reuse::Yes && conn.buf.is_empty() {
+                if let Some(pool) = &self.pool {
+                    conn.idle();
+                    pool.recycle(conn);
+                }
+            }
+        }
+    }
+
+    /// Reads more from the connection into its buffer; `Ok(0)` at its end.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(Ok(0));
+        };
+        conn.buf.reserve(READ_SIZE);
+        let spare = conn.buf.spare_capacity_mut();
+        let mut rb = ReadBuf::uninit(spare);
+        ready!(Pin::new(&mut conn.io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        // SAFETY: `poll_read` initialised `n` bytes of the spare capacity.
+        unsafe { conn.buf.set_len(conn.buf.len() + n) };
+        Poll::Ready(Ok(n))
+    }
+
+    fn buf(&mut self) -> &mut BytesMut {
+        &mut self
+            .conn
+            .as_mut()
+            .expect("invariant: a body being read has its connection")
+            .buf
+    }
+
+    fn poll_chunked(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            match self.chunk {
+                Chunk::Size => {
+                    let buf = self.buf();
+                    match find_crlf(buf) {
+                        Some(end) => {
+                            let line = buf.split_to(end + 2);
+                            let size = parse_chunk_size(&line[..end])?;
+                            self.chunk = if size == 0 {
+                                Chunk::Trailers
+                            } else {
+                                Chunk::Data(size)
+                            };
+                        }
+                        None => {
+                            if buf.len() > 4096 {
+                                return Poll::Ready(Some(Err("chunk-size line too long".into())));
+                            }
+                            if ready!(self.poll_fill(cx))? == 0 {
+                                return Poll::Ready(Some(Err(truncated())));
+                            }
+                        }
+                    }
+                }
+                Chunk::Data(left) => {
+                    let buf = self.buf();
+                    if buf.is_empty() {
+                        if ready!(self.poll_fill(cx))? == 0 {
+                            return Poll::Ready(Some(Err(truncated())));
+                        }
+                        continue;
+                    }
+                    let n = (buf.len() as u64).min(left) as usize;
+                    let data = buf.split_to(n).freeze();
+                    self.chunk = if left == n as u64 {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(left - n as u64)
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Chunk::DataEnd => {
+                    let buf = self.buf();
+                    if buf.len() < 2 {
+                        if ready!(self.poll_fill(cx))? == 0 {
+                            return Poll::Ready(Some(Err(truncated())));
+                        }
+                        continue;
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Poll::Ready(Some(Err("a chunk does not end with CRLF".into())));
+                    }
+                    buf.advance(2);
+                    self.chunk = Chunk::Size;
+                }
+                Chunk::Trailers => {
+                    let buf = self.buf();
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        self.chunk = Chunk::Done;
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+                    match httparse::parse_headers(buf, &mut fields) {
+                        Ok(httparse::Status::Complete((len, parsed))) => {
+                            let mut map = HeaderMap::with_capacity(parsed.len());
+                            for f in parsed {
+                                let (Ok(name), Ok(value)) = (
+                                    HeaderName::from_bytes(f.name.as_bytes()),
+                                    HeaderValue::from_bytes(f.value),
+                                ) else {
+                                    return Poll::Ready(Some(Err("invalid trailer field".into())));
+                                };
+                                map.append(name, value);
+                            }
+                            self.buf().advance(len);
+                            self.chunk = Chunk::Done;
+                            self.finish();
+                            return Poll::Ready(Some(Ok(Frame::trailers(map))));
+                        }
+                        Ok(httparse::Status::Partial) => {
+                            if buf.len() > MAX_HEAD {
+                                return Poll::Ready(Some(Err("trailer section too large".into())));
+                            }
+                            if ready!(self.poll_fill(cx))? == 0 {
+                                return Poll::Ready(Some(Err(truncated())));
+                            }
+                        }
+                        Err(_) => return Poll::Ready(Some(Err("invalid trailer section".into()))),
+                    }
+                }
+                Chunk::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+fn truncated() -> BoxError {
+    Box::new(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the upstream closed the connection inside the response body",
+    ))
+}
+
+fn find_crlf(b: &[u8]) -> Option<usize> {
+    b.windows(2).position(|w| w == b"\r\n")
+}
+
+/// A chunk-size line: hex digits, then optional extensions after `;`
+/// (RFC 9112 §7.1.1), which are ignored.
+fn parse_chunk_size(line: &[u8]) -> Result<u64, BoxError> {
+    let digits = line.split(|b| *b == b';').next().unwrap_or(&[]);
+    let digits = trim(digits);
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return Err("invalid chunk size".into());
+    }
+    let s = std::str::from_utf8(digits).map_err(|_| "invalid chunk size")?;
+    Ok(u64::from_str_radix(s, 16).map_err(|_| "invalid chunk size")?)
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match this.kind {
+            BodyKind::Empty => Poll::Ready(None),
+            BodyKind::Chunked => this.poll_chunked(cx),
+            BodyKind::Length(left) => {
+                if this.buf().is_empty() && ready!(this.poll_fill(cx))? == 0 {
+                    return Poll::Ready(Some(Err(truncated())));
+                }
+                let buf = this.buf();
+                let n = (buf.len() as u64).min(left) as usize;
+                let data = buf.split_to(n).freeze();
+                if left == n as u64 {
+                    this.finish();
+                } else {
+                    this.kind = BodyKind::Length(left - n as u64);
+                }
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            BodyKind::Eof => {
+                if this.buf().is_empty() && ready!(this.poll_fill(cx))? == 0 {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                let data = this.buf().split().freeze();
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.kind == BodyKind::Empty
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.kind {
+            BodyKind::Empty => SizeHint::with_exact(0),
+            BodyKind::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
