@@ -24,4 +24,5 @@ mod routing;
 mod smuggling;
 mod tls;
 mod trust;
+mod upstream_h1;
 mod websocket;
