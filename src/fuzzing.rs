@@ -143,3 +143,52 @@ pub fn config(text: &str) -> Result<crate::config::Config, crate::config::Config
         &crate::config::Env::empty(),
     )
 }
+
+/// What the upstream side's chunked decoder (`upstream::h1`) made of a
+/// response body read in `pieces`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Chunked {
+    pub data: Vec<u8>,
+    pub trailers: Vec<(String, Vec<u8>)>,
+    /// The last chunk and the trailer section were read.
+    pub ended: bool,
+    pub invalid: Option<&'static str>,
+}
+
+/// Feeds `pieces` (one read each) to the chunked decoder.
+pub fn chunked(pieces: &[&[u8]]) -> Chunked {
+    use crate::upstream::h1::{chunked_step, Chunk, Step};
+    let mut out = Chunked::default();
+    let mut state = Chunk::Size;
+    let mut buf = bytes::BytesMut::new();
+    let mut pieces = pieces.iter();
+    loop {
+        match chunked_step(&mut state, &mut buf) {
+            Step::Data(d) => out.data.extend_from_slice(&d),
+            Step::Trailers(map) => {
+                out.trailers = map
+                    .iter()
+                    .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                    .collect();
+            }
+            Step::End => {
+                out.ended = true;
+                return out;
+            }
+            Step::Invalid(why) => {
+                out.invalid = Some(why);
+                return out;
+            }
+            Step::More => match pieces.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None => return out,
+            },
+        }
+    }
+}
+
+/// The chunk-size line parser of the upstream side, for the differential
+/// check against httparse's.
+pub fn chunk_size(line: &[u8]) -> Option<u64> {
+    crate::upstream::h1::parse_chunk_size(line).ok()
+}

@@ -307,3 +307,116 @@ proptest! {
         }
     }
 }
+
+/// A chunked body as an upstream could send it: the data, the encoding
+/// (sizes in either case, extensions, declared trailers) and the trailers.
+fn chunked_body() -> impl Strategy<Value = (Vec<u8>, Vec<u8>, Vec<(String, String)>)> {
+    (
+        prop::collection::vec(any::<u8>(), 0..2000),
+        prop::collection::vec((1usize..400, any::<bool>(), any::<bool>()), 0..8),
+        prop::collection::vec(("[a-z][a-z0-9-]{0,8}", "[ -~]{0,12}"), 0..3),
+    )
+        .prop_map(|(data, shape, trailers)| {
+            let mut out = Vec::new();
+            let mut rest = &data[..];
+            let mut shape = shape.into_iter().cycle();
+            while !rest.is_empty() {
+                let (n, upper, ext) = shape.next().unwrap_or((rest.len(), false, false));
+                let n = n.min(rest.len());
+                let size = if upper {
+                    format!("{n:X}")
+                } else {
+                    format!("{n:x}")
+                };
+                out.extend_from_slice(size.as_bytes());
+                if ext {
+                    out.extend_from_slice(b";ext=\"v\"");
+                }
+                out.extend_from_slice(b"\r\n");
+                out.extend_from_slice(&rest[..n]);
+                out.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            out.extend_from_slice(b"0\r\n");
+            let trailers: Vec<(String, String)> = trailers
+                .into_iter()
+                .map(|(k, v)| (format!("x-{k}"), v.trim().to_string()))
+                .collect();
+            for (k, v) in &trailers {
+                out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+            }
+            out.extend_from_slice(b"\r\n");
+            (data, out, trailers)
+        })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Issue 13: the upstream side's chunked decoder gives back exactly the
+    /// data and trailers that were encoded, read in any pieces.
+    #[test]
+    fn chunked_bodies_decode_to_what_was_encoded(
+        (data, encoded, trailers) in chunked_body(),
+        cuts in prop::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let owned = reads(&encoded, &cuts);
+        let got = fuzzing::chunked(&owned.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        prop_assert_eq!(got.invalid, None);
+        prop_assert!(got.ended);
+        prop_assert!(got.data == data, "data differs");
+        let want: Vec<(String, Vec<u8>)> = trailers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+            .collect();
+        let mut have = got.trailers.clone();
+        have.sort();
+        let mut want = want;
+        want.sort();
+        // Repeated names keep every value; the map may order them apart.
+        prop_assert_eq!(have, want);
+    }
+
+    /// Any bytes: no panic, no more data out than in, the same verdict
+    /// whole or in pieces.
+    #[test]
+    fn chunked_decoder_on_arbitrary_bytes(
+        bytes in prop::collection::vec(any::<u8>(), 0..600),
+        cuts in prop::collection::vec(any::<usize>(), 0..6),
+    ) {
+        let owned = reads(&bytes, &cuts);
+        let pieces = fuzzing::chunked(&owned.iter().map(Vec::as_slice).collect::<Vec<_>>());
+        prop_assert!(pieces.data.len() <= bytes.len());
+        prop_assert_eq!(fuzzing::chunked(&[&bytes[..]]), pieces);
+    }
+
+    /// Differential: a chunk-size line means the same size to httparse's
+    /// parser as to ours (hex in either case, extensions ignored).
+    #[test]
+    fn chunk_size_lines_agree_with_httparse(
+        size in 0u64..(1 << 40),
+        upper in any::<bool>(),
+        ext in prop::option::of("[a-z]{1,5}(=[a-z0-9]{1,5})?"),
+        junk in prop::collection::vec(any::<u8>(), 0..12),
+    ) {
+        let mut line = if upper { format!("{size:X}") } else { format!("{size:x}") }.into_bytes();
+        if let Some(e) = &ext {
+            line.extend_from_slice(format!(";{e}").as_bytes());
+        }
+        let mut framed = line.clone();
+        framed.extend_from_slice(b"\r\n");
+        prop_assert_eq!(fuzzing::chunk_size(&line), Some(size));
+        match httparse::parse_chunk_size(&framed) {
+            Ok(httparse::Status::Complete((_, theirs))) => prop_assert_eq!(theirs, size),
+            other => prop_assert!(false, "httparse: {:?}", other),
+        }
+        // Any line: where both accept, they agree.
+        let mut any = junk.clone();
+        any.extend_from_slice(b"\r\n");
+        if let (Some(ours), Ok(httparse::Status::Complete((_, theirs)))) =
+            (fuzzing::chunk_size(&junk), httparse::parse_chunk_size(&any))
+        {
+            prop_assert_eq!(ours, theirs);
+        }
+    }
+}
