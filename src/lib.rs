@@ -27,8 +27,8 @@
 //!                                                       (tunnels own their state)
 //!            prepare_upstream (Host, hop-by-hop, X-Forwarded-*, X-Request-Id)
 //!            read_ahead (request_buffer, client_body_timeout) → 408 | 413
-//!            send (per-route pool of HTTP/1.1 senders, balancing, retry,
-//!            timeout from the end of the body)          → 503 status page
+//!            send (per-route pool, upstream::h1 in this task, balancing,
+//!            retry, timeout from the end of the body)   → 503 status page
 //!            finish_response (hop-by-hop, Location, compression)
 //!   outer:   error → log once → ProxyError::into_response; security headers;
 //!            metrics; access-log entry written when the body ends
