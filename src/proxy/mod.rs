@@ -303,13 +303,16 @@ async fn inner(
     // redirect and the routes, so it sees any request as it arrived.
     if let Some(token) = &rt.config.diagnostics_token {
         if req.headers().contains_key(&diagnostics::HEADER) {
-            return Ok(diagnostics::answer(req, token, conn, client, rt, shared).await);
+            // The rare branches (diagnostics, ACME answers, upgrades) are
+            // boxed: inline, their state would widen every request's
+            // future, which hyper moves as it hands it on (issue 13).
+            return Ok(Box::pin(diagnostics::answer(req, token, conn, client, rt, shared)).await);
         }
     }
     let path = req.uri().path();
     if !conn.tls {
         if path.starts_with(ACME_CHALLENGE_PREFIX) {
-            return Ok(serve_challenge(rt, shared, path).await);
+            return Ok(Box::pin(serve_challenge(rt, shared, path)).await);
         }
         // A trusted proxy that terminated TLS says so with
         // `X-Forwarded-Proto: https`; redirecting that request would loop.
@@ -342,18 +345,23 @@ async fn inner(
         if !route.upgrades.iter().any(|u| u == "websocket") {
             return Err(on_route(ProxyError::MethodNotAllowed));
         }
-        return upgrade::h2_websocket(req, client, route.clone(), shared.metrics.clone())
-            .await
-            .map_err(on_route);
+        return Box::pin(upgrade::h2_websocket(
+            req,
+            client,
+            route.clone(),
+            shared.metrics.clone(),
+        ))
+        .await
+        .map_err(on_route);
     }
     if let Some(protocols) = upgrade::h1_protocols(&req, &route.upgrades) {
-        return upgrade::h1(
+        return Box::pin(upgrade::h1(
             req,
             protocols,
             client,
             route.clone(),
             shared.metrics.clone(),
-        )
+        ))
         .await
         .map_err(on_route);
     }
@@ -736,7 +744,11 @@ async fn send_once(
     mut req: Request<UpstreamBody>,
 ) -> Result<Response<UpstreamResponse>, ProxyError> {
     let progress = req.body_mut().progress();
-    let sent = route.client.request(req);
+    // Boxed: the exchange's state lives on the heap once instead of
+    // widening (and being moved with) every enclosing future — the
+    // request's whole future is moved several times as hyper hands it on
+    // (issue 13 point 3).
+    let sent = Box::pin(route.client.request(req));
     let answer = match progress {
         None => tokio::time::timeout(route.timeout, sent).await.ok(),
         Some(p) => after_body(sent, &p, route.timeout).await,

@@ -141,7 +141,11 @@ impl HttpClient {
         loop {
             let (conn, pooled) = match self.checkout(&authority) {
                 Some(c) => (c, true),
-                None => (self.connect(&authority).await?, false),
+                // Boxed: connecting (name lookup, timeouts, every address
+                // in turn) is a large future that most requests, served
+                // from the pool, never run; inline it would widen every
+                // request's future (issue 13 point 3).
+                None => (Box::pin(self.connect(&authority)).await?, false),
             };
             let mut consumed = false;
             match conn.exchange(&parts, &mut body, &mut consumed).await {
