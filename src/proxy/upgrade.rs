@@ -120,15 +120,7 @@ pub async fn h1(
             None,
         ));
     }
-    let Some(upstream_side) = res
-        .extensions()
-        .get::<crate::upstream::pool::Upgraded>()
-        .and_then(crate::upstream::pool::Upgraded::take)
-    else {
-        return Err(ProxyError::Upgrade(
-            "the upstream connection was not handed over".into(),
-        ));
-    };
+    let upstream_side = handed_over(&res)?;
     spawn_tunnel(
         client_side,
         upstream_side,
@@ -196,15 +188,7 @@ pub async fn h2_websocket(
             "upstream sent a wrong Sec-WebSocket-Accept".into(),
         ));
     }
-    let Some(upstream_side) = res
-        .extensions()
-        .get::<crate::upstream::pool::Upgraded>()
-        .and_then(crate::upstream::pool::Upgraded::take)
-    else {
-        return Err(ProxyError::Upgrade(
-            "the upstream connection was not handed over".into(),
-        ));
-    };
+    let upstream_side = handed_over(&res)?;
     spawn_tunnel(
         client_side,
         upstream_side,
@@ -222,6 +206,14 @@ pub async fn h2_websocket(
         }
     }
     Ok(out)
+}
+
+/// The upstream connection a 101 carries (`upstream::pool::Upgraded`).
+fn handed_over<B>(res: &Response<B>) -> Result<(tokio::net::TcpStream, bytes::Bytes), ProxyError> {
+    res.extensions()
+        .get::<crate::upstream::pool::Upgraded>()
+        .and_then(crate::upstream::pool::Upgraded::take)
+        .ok_or_else(|| ProxyError::Upgrade("the upstream connection was not handed over".into()))
 }
 
 fn spawn_tunnel(

@@ -165,17 +165,22 @@ async fn raw_server(responses: Arc<Vec<Case>>, conns: Arc<AtomicUsize>) -> std::
     addr
 }
 
+/// The proxy with one route to `addr`, HTTP serving routes.
+async fn in_front_of(addr: std::net::SocketAddr) -> Proxy {
+    Proxy::start(&format!(
+        "force_https_redirect = false\n{}",
+        routes(&[("/", &format!("http://{addr}"))])
+    ))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_in_every_framing_and_any_pieces_arrive_whole() {
     let mut rng = Rng(0x0123_4567_89AB_CDEF);
     let cases: Arc<Vec<Case>> = Arc::new((0..160).map(|_| case(&mut rng)).collect());
     let conns = Arc::new(AtomicUsize::new(0));
     let addr = raw_server(cases.clone(), conns.clone()).await;
-    let px = Proxy::start(&format!(
-        "force_https_redirect = false\n{}",
-        routes(&[("/", &format!("http://{addr}"))])
-    ))
-    .await;
+    let px = in_front_of(addr).await;
     for (i, c) in cases.iter().enumerate() {
         let proto = if i % 2 == 0 { Proto::H1 } else { Proto::TlsH2 };
         let req = Request::builder()
@@ -226,20 +231,7 @@ async fn malformed_responses_are_never_passed_on_as_complete() {
         b"NOT HTTP AT ALL\r\n\r\n",
     ];
     for (i, bytes) in bad_heads.iter().enumerate() {
-        let bytes = bytes.to_vec();
-        let addr = raw_upstream(move |mut s| {
-            let bytes = bytes.clone();
-            async move {
-                let _ = s.write_all(&bytes).await;
-                let _ = s.shutdown().await;
-            }
-        })
-        .await;
-        let px = Proxy::start(&format!(
-            "force_https_redirect = false\n{}",
-            routes(&[("/", &format!("http://{addr}"))])
-        ))
-        .await;
+        let px = in_front_of(answering(bytes).await).await;
         let res = px.get("/").await;
         assert_eq!(res.status, StatusCode::SERVICE_UNAVAILABLE, "head {i}");
         px.stop().await;
@@ -255,20 +247,7 @@ async fn malformed_responses_are_never_passed_on_as_complete() {
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
     ];
     for (i, bytes) in bad_bodies.iter().enumerate() {
-        let bytes = bytes.to_vec();
-        let addr = raw_upstream(move |mut s| {
-            let bytes = bytes.clone();
-            async move {
-                let _ = s.write_all(&bytes).await;
-                let _ = s.shutdown().await;
-            }
-        })
-        .await;
-        let px = Proxy::start(&format!(
-            "force_https_redirect = false\n{}",
-            routes(&[("/", &format!("http://{addr}"))])
-        ))
-        .await;
+        let px = in_front_of(answering(bytes).await).await;
         // HTTP/1.1: the response is cut (the connection ends mid-body);
         // HTTP/2: the stream is reset. Either way the client sees an error.
         for proto in [Proto::H1, Proto::TlsH2] {

@@ -238,6 +238,21 @@ where
     addr
 }
 
+/// An upstream that answers every request with `bytes`, as they are, and
+/// closes: for answers no HTTP library would write.
+pub async fn answering(bytes: &[u8]) -> SocketAddr {
+    let bytes = bytes.to_vec();
+    raw_upstream(move |mut s| {
+        let bytes = bytes.clone();
+        async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = s.write_all(&bytes).await;
+            let _ = s.shutdown().await;
+        }
+    })
+    .await
+}
+
 /// Reads until the end of an HTTP head.
 pub async fn read_head(stream: &mut TcpStream) -> Vec<u8> {
     use tokio::io::AsyncReadExt;
