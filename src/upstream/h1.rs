@@ -235,7 +235,7 @@ fn encode_head(parts: &http::request::Parts, body: &UpstreamBody, out: &mut Vec<
     match framing {
         Framing::Length(n) if declared.is_none() => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked if !h.contains_key(header::TRANSFER_ENCODING) => {
@@ -245,6 +245,21 @@ fn encode_head(parts: &http::request::Parts, body: &UpstreamBody, out: &mut Vec<
     }
     out.extend_from_slice(b"\r\n");
     framing
+}
+
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut tmp = [0u8; 20];
+    let mut i = tmp.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
 }
 
 /// `None`: no Content-Length; `Some(None)`: one that is not a single
@@ -320,7 +335,7 @@ async fn write_body<W: AsyncWrite + Unpin>(
                     left -= n;
                 }
                 if chunked {
-                    pending.extend_from_slice(format_hex(data.len()).as_bytes());
+                    push_hex(&mut pending, data.len());
                     pending.extend_from_slice(b"\r\n");
                 }
                 if data.len() <= COALESCE {
@@ -373,8 +388,22 @@ async fn write_body<W: AsyncWrite + Unpin>(
     w.flush().await.map_err(ExchangeError::Io)
 }
 
-fn format_hex(n: usize) -> String {
-    format!("{n:x}")
+/// A chunk size in hex, without the formatter (one per request body
+/// chunk).
+fn push_hex(out: &mut Vec<u8>, n: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut tmp = [0u8; 16];
+    let mut i = tmp.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        tmp[i] = DIGITS[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&tmp[i..]);
 }
 
 /// Reads until a final response head is complete, skipping 1xx heads
@@ -819,5 +848,114 @@ impl Body for ResponseBody {
             BodyKind::Length(n) => SizeHint::with_exact(n),
             _ => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_without_the_formatter() {
+        for n in [0usize, 1, 9, 10, 15, 16, 255, 4096, 65_535, usize::MAX] {
+            let mut hex = Vec::new();
+            push_hex(&mut hex, n);
+            assert_eq!(hex, format!("{n:x}").into_bytes());
+            let mut dec = Vec::new();
+            push_decimal(&mut dec, n as u64);
+            assert_eq!(dec, n.to_string().into_bytes());
+        }
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let head = |text: &str| parse_head(text.as_bytes()).unwrap().unwrap().0;
+        let kind = |text: &str, head_request: bool| framing_of(&head(text), head_request);
+        assert_eq!(
+            kind("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).unwrap(),
+            (BodyKind::Length(5), Reuse::Yes)
+        );
+        // The same value twice is one length; a list of two is not.
+        assert_eq!(
+            kind(
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                false
+            )
+            .unwrap(),
+            (BodyKind::Length(5), Reuse::Yes)
+        );
+        assert!(kind("HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n", false).is_err());
+        assert_eq!(
+            kind(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                false
+            )
+            .unwrap(),
+            (BodyKind::Chunked, Reuse::Yes)
+        );
+        // Not chunked last: read until the connection closes.
+        assert_eq!(
+            kind("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false).unwrap(),
+            (BodyKind::Eof, Reuse::No)
+        );
+        assert!(kind(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert_eq!(
+            kind("HTTP/1.1 200 OK\r\n\r\n", false).unwrap(),
+            (BodyKind::Eof, Reuse::No)
+        );
+        assert_eq!(
+            kind("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap(),
+            (BodyKind::Empty, Reuse::Yes),
+            "no body after HEAD"
+        );
+        for status in ["204 No Content", "304 Not Modified"] {
+            assert_eq!(
+                kind(
+                    &format!("HTTP/1.1 {status}\r\nContent-Length: 5\r\n\r\n"),
+                    false
+                )
+                .unwrap()
+                .0,
+                BodyKind::Empty
+            );
+        }
+        assert_eq!(
+            kind(
+                "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: close\r\n\r\n",
+                false
+            )
+            .unwrap(),
+            (BodyKind::Length(1), Reuse::No)
+        );
+        assert_eq!(
+            kind("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).unwrap(),
+            (BodyKind::Length(1), Reuse::No)
+        );
+        assert_eq!(
+            kind(
+                "HTTP/1.0 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive\r\n\r\n",
+                false
+            )
+            .unwrap(),
+            (BodyKind::Length(1), Reuse::Yes)
+        );
+        assert_eq!(
+            kind(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+                false
+            )
+            .unwrap(),
+            (BodyKind::Empty, Reuse::No)
+        );
+        assert!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Le")
+                .unwrap()
+                .is_none(),
+            "partial"
+        );
     }
 }
