@@ -1,9 +1,10 @@
 //! Shared primitives every layer may use: the monotonic clock, I/O
-//! helpers, log-line limits, file stamps, error chains, header names and
-//! CIDR ranges.
+//! helpers, log-line limits, file stamps, error chains, header names, the
+//! Content-Length rule and CIDR ranges.
 
 pub(crate) mod cidr;
 pub(crate) mod clock;
+pub(crate) mod content_length;
 pub mod error_chain;
 pub(crate) mod files;
 pub(crate) mod header_names;

@@ -36,6 +36,8 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::base::content_length::ContentLength;
+
 /// Why a request head was refused before hyper saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -712,7 +714,7 @@ fn check_head(head: &mut [u8]) -> Result<HeadInfo, Refusal> {
     if req.method == Some("CONNECT") {
         return Err(Refusal::Connect);
     }
-    let mut cl: Option<u64> = None;
+    let mut cl = ContentLength::default();
     let mut has_cl = false;
     let mut has_te = false;
     let mut chunked = 0u32;
@@ -723,20 +725,7 @@ fn check_head(head: &mut [u8]) -> Result<HeadInfo, Refusal> {
         if h.name.eq_ignore_ascii_case("content-length") {
             // RFC 9110 §8.6: a list of identical values may be taken as
             // one; anything else is refused.
-            for v in h.value.split(|b| *b == b',') {
-                let v = v.trim_ascii();
-                if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-                    return Err(Refusal::BadContentLength);
-                }
-                let n: u64 = std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or(Refusal::BadContentLength)?;
-                if cl.is_some_and(|c| c != n) {
-                    return Err(Refusal::BadContentLength);
-                }
-                cl = Some(n);
-            }
+            cl.add(h.value).map_err(|_| Refusal::BadContentLength)?;
             has_cl = true;
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             has_te = true;
@@ -776,7 +765,7 @@ fn check_head(head: &mut [u8]) -> Result<HeadInfo, Refusal> {
         });
     }
     Ok(HeadInfo {
-        body: match cl {
+        body: match cl.get() {
             Some(n) if n > 0 => Body::Fixed(n),
             _ => Body::None,
         },

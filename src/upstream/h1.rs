@@ -22,6 +22,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::base::content_length::ContentLength;
 use crate::upstream::body::{BoxError, UpstreamBody};
 
 /// A response head larger than this is refused (hyper's client allowed
@@ -263,27 +264,18 @@ fn push_decimal(out: &mut Vec<u8>, n: u64) {
 }
 
 /// `None`: no Content-Length; `Some(None)`: one that is not a single
-/// valid length; `Some(Some(n))`: the length.
+/// valid length (RFC 9110 §8.6, the rule the client side applies too);
+/// `Some(Some(n))`: the length.
 fn content_length(h: &HeaderMap) -> Option<Option<u64>> {
-    let mut found: Option<Option<u64>> = None;
+    let mut cl = ContentLength::default();
+    let mut any = false;
     for v in h.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let n = parse_length(trim(part));
-            found = match (found, n) {
-                (None, n) => Some(n),
-                (Some(Some(a)), Some(b)) if a == b => Some(Some(a)),
-                _ => Some(None),
-            };
+        any = true;
+        if cl.add(v.as_bytes()).is_err() {
+            return Some(None);
         }
     }
-    found
-}
-
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    any.then(|| cl.get())
 }
 
 fn trim(b: &[u8]) -> &[u8] {
