@@ -68,6 +68,7 @@ pub struct Cluster {
     up: AtomicBool,
     pub stats: Stats,
     gcra: redis::Script,
+    scripts: store::Scripts,
 }
 
 /// The shared GCRA step (the same algorithm as `policy::rate_limit`), on
@@ -132,6 +133,7 @@ impl Cluster {
             up: AtomicBool::new(true),
             stats: Stats::default(),
             gcra: redis::Script::new(GCRA),
+            scripts: store::Scripts::new(),
         }))
     }
 

@@ -82,6 +82,23 @@ redis.call('HSET', KEYS[2], 'fullchain', ARGV[3], 'privkey', ARGV[4], 'fence', A
 return 1
 ";
 
+/// The lock's scripts, hashed once (`EVALSHA` names them by their SHA-1).
+pub(super) struct Scripts {
+    renew: redis::Script,
+    release: redis::Script,
+    store: redis::Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Scripts {
+        Scripts {
+            renew: redis::Script::new(RENEW),
+            release: redis::Script::new(RELEASE),
+            store: redis::Script::new(STORE),
+        }
+    }
+}
+
 impl Cluster {
     /// The channel replicas announce new certificates and challenge
     /// answers on.
@@ -123,8 +140,10 @@ impl Cluster {
 
     /// Extends the lock's expiry; false when it is no longer ours.
     pub async fn renew(&self, lock: &Lock) -> Result<bool, ClusterError> {
-        let script = redis::Script::new(RENEW);
-        let mut inv = script.key(self.key(&format!("acme:lock:{}", lock.host)));
+        let mut inv = self
+            .scripts
+            .renew
+            .key(self.key(&format!("acme:lock:{}", lock.host)));
         inv.arg(&lock.value)
             .arg(self.settings.lock_ttl.as_millis() as u64);
         let renewed = self.script::<u64>(&inv, BOUND).await? == 1;
@@ -137,8 +156,10 @@ impl Cluster {
     /// Gives the lock back if it is still ours.
     pub async fn release(&self, lock: &Lock) {
         self.stats.lock_held.store(false, Relaxed);
-        let script = redis::Script::new(RELEASE);
-        let mut inv = script.key(self.key(&format!("acme:lock:{}", lock.host)));
+        let mut inv = self
+            .scripts
+            .release
+            .key(self.key(&format!("acme:lock:{}", lock.host)));
         inv.arg(&lock.value);
         if let Err(e) = self.script::<u64>(&inv, BOUND).await {
             // It expires by itself.
@@ -178,8 +199,10 @@ impl Cluster {
         privkey: &str,
         issued_at: i64,
     ) -> Result<bool, ClusterError> {
-        let script = redis::Script::new(STORE);
-        let mut inv = script.key(self.key(&format!("acme:lock:{}", lock.host)));
+        let mut inv = self
+            .scripts
+            .store
+            .key(self.key(&format!("acme:lock:{}", lock.host)));
         inv.key(self.key(&format!("cert:{}", lock.host)))
             .arg(&lock.value)
             .arg(lock.fence)
