@@ -139,7 +139,8 @@ async fn hit(r: &Replica, client: &str) -> u16 {
         .as_u16()
 }
 
-/// A metric's value on a replica.
+/// A metric's value on a replica, from a scrape that must also be valid
+/// Prometheus text.
 async fn metric(r: &Replica, name: &str) -> f64 {
     let body = send(
         Proto::H1,
@@ -150,12 +151,9 @@ async fn metric(r: &Replica, name: &str) -> f64 {
     .await
     .unwrap()
     .text();
-    body.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+    *parse_prometheus(&body)
+        .get(name)
         .unwrap_or_else(|| panic!("no {name} in\n{body}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 /// `n` requests of `client`, spread round robin over the replicas; the

@@ -742,3 +742,75 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 pub fn has_ipv6_loopback() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
 }
+
+// ----------------------------------------------------------------- metrics
+
+/// Prometheus text format: every sample line is `name{labels} value`,
+/// after the `# HELP` and `# TYPE` lines of its family; a `_total` series
+/// is a counter.
+pub fn parse_prometheus(text: &str) -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    let mut types = std::collections::HashMap::new();
+    let mut helped = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("{line}"));
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind),
+                "unknown type in {line:?}"
+            );
+            assert!(
+                types.insert(name.to_string(), kind.to_string()).is_none(),
+                "TYPE twice: {line}"
+            );
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            helped.insert(name.to_string());
+            continue;
+        }
+        assert!(!line.starts_with('#'), "stray comment {line:?}");
+        let name = line.split(['{', ' ']).next().unwrap();
+        // A histogram's samples belong to the family without the suffix.
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|f| types.get(*f).is_some_and(|k| k == "histogram"))
+            })
+            .unwrap_or(name);
+        let kind = types
+            .get(family)
+            .unwrap_or_else(|| panic!("{name} has no TYPE line before it"));
+        assert!(helped.contains(family), "{name} has no HELP line");
+        if name.ends_with("_total") {
+            assert_eq!(kind, "counter", "{line}");
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(
+            series.chars().next().unwrap().is_ascii_alphabetic(),
+            "{line}"
+        );
+        if let Some(open) = series.find('{') {
+            assert!(series.ends_with('}'), "{line}");
+            for pair in series[open + 1..series.len() - 1].split("\",") {
+                let (k, v) = pair
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+                assert!(
+                    k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    "{line}"
+                );
+                let _ = v;
+            }
+        }
+        out.insert(series.to_string(), value);
+    }
+    out
+}
