@@ -5,42 +5,122 @@
 
 use std::sync::Arc;
 
-use crate::conn::framing::{ConnState, Inspect, Limits, Refusal};
+use bytes::{Buf, BytesMut};
 
-/// What the HTTP/1 reader made of a byte stream.
+use crate::conn::framing::{take_head, BodyLen, Limits, Refusal, Scan};
+use crate::upstream::h1::{chunked_step, Chunk, Step};
+
+/// What Gatehouse's HTTP/1 side made of a byte stream: the requests it
+/// would hand to the pipeline, in order, and where it stopped.
 #[derive(Debug, Default)]
 pub struct Framing {
-    /// The bytes hyper would have been given (stand-ins included).
-    pub passed: Vec<u8>,
-    /// Request heads seen (refused ones included).
+    /// Complete requests (head and body), as the pipeline would get them.
+    pub requests: Vec<Parsed>,
+    /// Request heads seen (a refused one included).
     pub heads: u64,
-    /// `METHOD TARGET` of each head handed over as it came, in order.
-    pub targets: Vec<Vec<u8>>,
     pub refused: Option<(u64, Refusal)>,
 }
 
-/// Runs `chunks` (one read each) through the HTTP/1 reader. An upgrade
-/// request is answered "not switched", as an ordinary response would be.
+/// Runs `chunks` (one read each) through the HTTP/1 side's head parser
+/// and body decoders, as the connection loop does (`conn::h1`), without a
+/// socket. An upgrade request is treated as not switched, as an ordinary
+/// response would leave it.
 pub fn framing(chunks: &[&[u8]], limits: Limits) -> Framing {
-    let state = Arc::new(ConnState::default());
-    let mut inspect = Inspect::new((), state.clone(), limits);
-    inspect.targets = Some(Vec::new());
-    let mut passed = Vec::new();
+    enum At {
+        Head,
+        Length(u64),
+        Chunked(Chunk),
+        Stop,
+    }
+    let mut out = Framing::default();
+    let mut buf = BytesMut::new();
+    let mut scan = Scan::default();
+    let mut at = At::Head;
+    let mut current: Option<Parsed> = None;
     for c in chunks {
-        inspect.follow(c, &mut passed);
+        buf.extend_from_slice(c);
+        loop {
+            match &mut at {
+                At::Stop => break,
+                At::Head => {
+                    if buf.is_empty() {
+                        break;
+                    }
+                    match take_head(&mut buf, &mut scan, &limits) {
+                        Ok(None) => break,
+                        Err(why) => {
+                            out.heads += 1;
+                            out.refused = Some((out.heads, why));
+                            at = At::Stop;
+                        }
+                        Ok(Some(head)) => {
+                            out.heads += 1;
+                            let parsed = Parsed {
+                                method: head.req.method().to_string(),
+                                target: target_of(head.req.uri()),
+                                body: Vec::new(),
+                            };
+                            match head.body {
+                                BodyLen::None => out.requests.push(parsed),
+                                BodyLen::Fixed(n) => {
+                                    current = Some(parsed);
+                                    at = At::Length(n);
+                                }
+                                BodyLen::Chunked => {
+                                    current = Some(parsed);
+                                    at = At::Chunked(Chunk::Size);
+                                }
+                            }
+                        }
+                    }
+                }
+                At::Length(left) => {
+                    let n = (buf.len() as u64).min(*left) as usize;
+                    if let Some(p) = current.as_mut() {
+                        p.body.extend_from_slice(&buf[..n]);
+                    }
+                    buf.advance(n);
+                    *left -= n as u64;
+                    if *left > 0 {
+                        break;
+                    }
+                    out.requests.extend(current.take());
+                    at = At::Head;
+                }
+                At::Chunked(chunk) => match chunked_step(chunk, &mut buf) {
+                    Step::Data(d) => {
+                        if let Some(p) = current.as_mut() {
+                            p.body.extend_from_slice(&d);
+                        }
+                    }
+                    Step::Trailers(_) | Step::End => {
+                        out.requests.extend(current.take());
+                        at = At::Head;
+                    }
+                    Step::Invalid(_) => {
+                        out.refused = Some((out.heads, Refusal::BadChunk));
+                        at = At::Stop;
+                    }
+                    Step::More => break,
+                },
+            }
+        }
     }
-    Framing {
-        passed,
-        heads: inspect.heads(),
-        targets: inspect.targets.take().unwrap_or_default(),
-        refused: state.refused(),
-    }
+    out
+}
+
+/// The request target as both sides report it.
+fn target_of(uri: &http::Uri) -> Vec<u8> {
+    uri.path_and_query()
+        .map_or_else(|| uri.to_string(), |p| p.to_string())
+        .into_bytes()
 }
 
 /// The limits the proxy uses by default.
 pub const LIMITS: Limits = Limits {
     max_head: crate::config::DEFAULT_MAX_HEADER_BYTES,
     max_uri: crate::config::DEFAULT_MAX_URI_BYTES,
+    max_headers: 100,
 };
 
 /// One request as hyper's HTTP/1 server parsed it.
@@ -58,8 +138,9 @@ impl Parsed {
     }
 }
 
-/// The requests hyper's HTTP/1 server (as the proxy configures it, without
-/// the reader in front) finds in `bytes`, in order, until it stops.
+/// The requests hyper's HTTP/1 server finds in `bytes`, in order, until it
+/// stops: the reference the differential checks compare Gatehouse's own
+/// HTTP/1 side with.
 pub fn hyper_requests(bytes: &[u8]) -> Vec<Parsed> {
     use http_body_util::BodyExt;
     use tokio::io::AsyncWriteExt;
@@ -75,11 +156,7 @@ pub fn hyper_requests(bytes: &[u8]) -> Vec<Parsed> {
             let record = record.clone();
             async move {
                 let method = req.method().to_string();
-                let target = req
-                    .uri()
-                    .path_and_query()
-                    .map_or_else(|| req.uri().to_string(), |p| p.to_string())
-                    .into_bytes();
+                let target = target_of(req.uri());
                 let body = match req.into_body().collect().await {
                     Ok(b) => b.to_bytes().to_vec(),
                     Err(_) => return Err::<http::Response<String>, _>("body failed"),

@@ -1,6 +1,7 @@
-//! The HTTP/1 reader and hyper's HTTP/1 parser on the same bytes: every
-//! request the reader lets through must be the one hyper finds at the
-//! same place (they never disagree about where a request ends).
+//! Gatehouse's HTTP/1 side and hyper's HTTP/1 server on the same bytes:
+//! every request Gatehouse accepts must be the one hyper finds at the same
+//! place, method, target and body (they never disagree about where a
+//! request ends).
 #![no_main]
 
 use gatehouse::fuzzing::{framing, hyper_requests, LIMITS};
@@ -11,10 +12,10 @@ fuzz_target!(|data: &[u8]| {
     let hyper = hyper_requests(data);
     let accepted = match seen.refused {
         Some((at, _)) => (at - 1) as usize,
-        None => seen.targets.len(),
+        None => seen.requests.len(),
     }
-    .min(seen.targets.len());
-    for (ours, theirs) in seen.targets[..accepted].iter().zip(&hyper) {
-        assert_eq!(ours, &theirs.line(), "{:?}", String::from_utf8_lossy(data));
+    .min(seen.requests.len());
+    for (ours, theirs) in seen.requests[..accepted].iter().zip(&hyper) {
+        assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(data));
     }
 });

@@ -1,4 +1,6 @@
-//! Shared primitives every layer may use: the monotonic clock, I/O
+//! Shared primitives every layer may use: the monotonic clock and HTTP
+//! dates, numbers without the formatter, HTTP/1 bodies written with their
+//! framing, I/O
 //! helpers, log-line limits, file stamps, error chains, header names, the
 //! Content-Length rule and CIDR ranges.
 
@@ -7,6 +9,8 @@ pub(crate) mod clock;
 pub(crate) mod content_length;
 pub mod error_chain;
 pub(crate) mod files;
+pub(crate) mod fmt;
+pub(crate) mod framed;
 pub(crate) mod header_names;
 pub(crate) mod io;
 pub mod log_limit;

@@ -1,40 +1,36 @@
-//! The HTTP/1 reader in front of hyper: one parse of every request head,
-//! where the framing rules are enforced, and the connection's state as the
-//! listener's limits need it.
+//! The client-facing HTTP/1 head: one parse of every request head with
+//! httparse, in which the framing rules are enforced (issue 13 point 2),
+//! and the connection's state as the listener's limits need it.
 //!
-//! Every head is held back until it is complete and parsed here with
-//! httparse. A head that is well framed is handed to hyper as it came (its
-//! version rewritten to `HTTP/1.1` for a higher 1.x minor, RFC 9110 §2.5);
-//! a head that must be refused is replaced by a one-line stand-in request
-//! and the refusal recorded in [`ConnState`] under the request's position,
-//! so the pipeline answers it with its own status page (security headers,
-//! request id, access log) and the connection is closed after it: nothing
-//! more of the connection reaches hyper. Refused:
+//! [`take_head`] finds a complete head at the start of what has been read
+//! and parses it once into the request the pipeline sees (method, target,
+//! version and fields sharing the bytes read, no copy) plus what the
+//! connection needs to know (body framing, keep-alive, upgrade, `Expect`).
+//! A head that must be refused is answered with the refusal's status page
+//! (security headers, request id, access log: the pipeline finds the
+//! refusal recorded in [`ConnState`] under the request's position) and the
+//! connection is closed after it. Refused:
 //!
 //! - both `Content-Length` and `Transfer-Encoding`, differing or invalid
 //!   `Content-Length` values, `chunked` twice or not last (400, RFC 9112
 //!   §6.1, §6.3); other transfer codings before `chunked` (501);
-//! - malformed chunk framing (bare LF, missing CRLF, bad size): the next
-//!   read fails, so hyper never places a body's end differently than an
-//!   upstream would;
 //! - a request line over the URI limit (414), a head over the head limit
-//!   (431), an HTTP/2 preface on an HTTP/1 port (400), a major version
-//!   other than 1 (505), `CONNECT` (405: a reverse proxy has no tunnels),
-//!   and anything httparse refuses (400).
+//!   or with more fields than `max_headers` (431), an HTTP/2 preface on an
+//!   HTTP/1 port (400), a major version other than 1 (505), `CONNECT`
+//!   (405: a reverse proxy has no tunnels), and anything httparse refuses
+//!   (400).
 //!
-//! Bodies pass through uncopied while their framing is followed by count.
-//! A request that asks to upgrade is followed by nothing until the
-//! pipeline says whether it switched protocols: if it did, the rest is the
-//! new protocol's and is no longer inspected; if not, inspection goes on
-//! (the rules hold for every request on a connection, issue 10 point 7).
+//! Malformed chunked framing (bare LF, missing CRLF, bad size) fails the
+//! request body (`base::chunked`), so no body ends anywhere but where an
+//! upstream would end it. The rules hold for every request on a
+//! connection, after an upgrade that was not switched too (issue 10
+//! point 7): each head is parsed here, whatever came before it.
 
-use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
 
-use tokio::io::{AsyncRead, ReadBuf};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Uri, Version};
 
 use crate::base::content_length::ContentLength;
 
@@ -100,10 +96,6 @@ pub struct ConnState {
     refusal: AtomicU8,
     /// HTTP/1 requests the pipeline has started.
     served: AtomicU64,
-    /// The pipeline's answer to an upgrade request: index << 1 | switched.
-    decision: AtomicU64,
-    /// Woken when `decision` changes and the reader is waiting for it.
-    waiting: Mutex<Option<Waker>>,
     /// Requests being answered (any protocol).
     in_flight: AtomicU32,
     /// When the connection last had nothing in flight (`clock::now_nanos`).
@@ -121,8 +113,6 @@ impl Default for ConnState {
             refused_at: AtomicU64::new(0),
             refusal: AtomicU8::new(0),
             served: AtomicU64::new(0),
-            decision: AtomicU64::new(0),
-            waiting: Mutex::new(None),
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(crate::base::clock::now_nanos()),
             head_started: AtomicU64::new(0),
@@ -167,23 +157,6 @@ impl ConnState {
         (n, None)
     }
 
-    /// The pipeline's answer to HTTP/1 request `n`: whether the connection
-    /// switched protocols. Only a request that asked to upgrade waits for it.
-    pub fn answered(&self, n: u64, switched: bool) {
-        // (Called for every HTTP/1 request; only an upgrade request's
-        // reader is waiting for it.)
-        self.decision
-            .store(n << 1 | u64::from(switched), Ordering::Release);
-        let waker = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
     /// A request starts being answered; [`ConnState::leave`] when its
     /// response is done (the response body drops).
     pub fn enter(&self) {
@@ -213,6 +186,22 @@ impl ConnState {
         }
     }
 
+    /// The first byte of a head arrived (`header_timeout` runs from here).
+    pub(crate) fn head_begins(&self) {
+        self.head_started
+            .store(crate::base::clock::now_nanos().max(1), Ordering::Release);
+    }
+
+    /// The head is complete (or was refused).
+    pub(crate) fn head_done(&self) {
+        self.head_started.store(0, Ordering::Release);
+    }
+
+    /// Whether part of a head has arrived.
+    pub(crate) fn in_head(&self) -> bool {
+        self.head_started.load(Ordering::Acquire) != 0
+    }
+
     pub fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Acquire)
     }
@@ -230,7 +219,9 @@ impl ConnState {
         }
     }
 
-    fn refuse(&self, at: u64, why: Refusal) {
+    /// Records that head `at` (1-based) was refused: the pipeline answers
+    /// that request with the refusal's status page.
+    pub(crate) fn refuse(&self, at: u64, why: Refusal) {
         if self
             .refused_at
             .compare_exchange(0, at, Ordering::AcqRel, Ordering::Acquire)
@@ -241,12 +232,6 @@ impl ConnState {
     }
 }
 
-/// What a stand-in request looks like: hyper parses it, the pipeline finds
-/// the refusal recorded for its position and answers it.
-/// `Connection: close` makes hyper close once it has answered, without
-/// reading further (nothing more would come).
-const STAND_IN: &[u8] = b"GET / HTTP/1.1\r\nHost: refused.invalid\r\nConnection: close\r\n\r\n";
-
 /// The size limits a head is held to.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -254,382 +239,210 @@ pub struct Limits {
     pub max_head: usize,
     /// Request line: over it, 414.
     pub max_uri: usize,
+    /// Header fields: more, 431.
+    pub max_headers: usize,
 }
 
+/// How a request's body is framed (RFC 9112 §6.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    Head,
-    Fixed(u64),
-    ChunkLine,
-    ChunkData(u64),
-    ChunkCrlf(u8),
-    Trailers,
-    /// An upgrade request is complete: hold what follows until the
-    /// pipeline says whether the protocol switched.
-    Await,
-    /// The protocol switched: bytes pass uninspected.
-    Off,
-    /// A stand-in was handed over: hyper sees the end of the stream next.
-    Closed,
-    /// Chunked framing was broken: the next read fails.
-    Poisoned,
-}
-
-pub struct Inspect<I> {
-    inner: I,
-    state: State,
-    /// The head being gathered (not yet given to hyper).
-    head: Vec<u8>,
-    /// A chunk-size line or trailer line being followed (already given).
-    line: Vec<u8>,
-    /// Bytes for hyper that did not fit its buffer yet; `out_pos` given.
-    out: Vec<u8>,
-    out_pos: usize,
-    /// Bytes read while waiting for an upgrade decision.
-    held: Vec<u8>,
-    /// The current request asked to upgrade: `Await` after its body.
-    upgrading: bool,
-    heads: u64,
-    limits: Limits,
-    state_ref: Arc<ConnState>,
-    /// `METHOD TARGET` of the heads handed over, in order, when recording
-    /// (the differential fuzz targets and property tests); `None` in
-    /// service.
-    pub(crate) targets: Option<Vec<Vec<u8>>>,
-}
-
-impl<I> Inspect<I> {
-    pub fn new(inner: I, state: Arc<ConnState>, limits: Limits) -> Self {
-        Inspect {
-            inner,
-            state: State::Head,
-            head: Vec::new(),
-            line: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
-            held: Vec::new(),
-            upgrading: false,
-            heads: 0,
-            limits,
-            state_ref: state,
-            targets: None,
-        }
-    }
-
-    /// Follows the framing over `data` (bytes in stream order). Returns how
-    /// many leading bytes may go to hyper as they are; the rest has been
-    /// taken in: a head being gathered, or bytes queued in `out` after a
-    /// head that completed here.
-    pub(crate) fn process(&mut self, data: &[u8]) -> usize {
-        let mut i = 0;
-        // While true, bytes pass straight through (no head held yet).
-        let mut direct = true;
-        let mut direct_end = 0;
-        macro_rules! pass {
-            ($from:expr, $to:expr) => {
-                if direct {
-                    direct_end = $to;
-                } else {
-                    self.out.extend_from_slice(&data[$from..$to]);
-                }
-            };
-        }
-        while i < data.len() {
-            match self.state {
-                State::Off => {
-                    pass!(i, data.len());
-                    i = data.len();
-                }
-                State::Closed | State::Poisoned => {
-                    // Nothing more reaches hyper.
-                    if direct {
-                        direct_end = i;
-                        direct = false;
-                    }
-                    i = data.len();
-                }
-                State::Await => {
-                    if direct {
-                        direct_end = i;
-                        direct = false;
-                    }
-                    self.held.extend_from_slice(&data[i..]);
-                    i = data.len();
-                }
-                State::Head => {
-                    if self.head.is_empty() {
-                        // Empty lines before a request line are ignored
-                        // (RFC 9112 §2.2); they start no request.
-                        let skip = data[i..]
-                            .iter()
-                            .take_while(|b| **b == b'\r' || **b == b'\n')
-                            .count();
-                        pass!(i, i + skip);
-                        i += skip;
-                        if i == data.len() {
-                            break;
-                        }
-                        self.state_ref
-                            .head_started
-                            .store(crate::base::clock::now_nanos().max(1), Ordering::Release);
-                    }
-                    if direct {
-                        direct_end = i;
-                        direct = false;
-                    }
-                    // The terminator may straddle two reads: look back 3.
-                    let start = self.head.len().saturating_sub(3);
-                    let before = self.head.len();
-                    self.head.extend_from_slice(&data[i..]);
-                    match find_head_end(&self.head[start..]) {
-                        Some(end) => {
-                            let end = start + end;
-                            let used = end - before;
-                            i += used;
-                            self.head.truncate(end);
-                            self.on_head();
-                        }
-                        None => {
-                            i = data.len();
-                            self.check_partial_head();
-                        }
-                    }
-                }
-                State::Fixed(n) => {
-                    let take = (n as usize).min(data.len() - i);
-                    pass!(i, i + take);
-                    i += take;
-                    let left = n - take as u64;
-                    self.state = if left == 0 {
-                        self.after_body()
-                    } else {
-                        State::Fixed(left)
-                    };
-                }
-                State::ChunkLine | State::Trailers => {
-                    let rest = &data[i..];
-                    let Some(nl) = rest.iter().position(|b| *b == b'\n') else {
-                        self.line.extend_from_slice(rest);
-                        pass!(i, data.len());
-                        i = data.len();
-                        if self.line.len() > 8192 {
-                            self.poison(Refusal::BadChunk);
-                        }
-                        continue;
-                    };
-                    self.line.extend_from_slice(&rest[..=nl]);
-                    pass!(i, i + nl + 1);
-                    i += nl + 1;
-                    let line = std::mem::take(&mut self.line);
-                    // RFC 9112 §7.1: chunk lines end in CRLF; a bare LF is
-                    // read differently by different parsers.
-                    if !line.ends_with(b"\r\n") {
-                        self.poison(Refusal::BadChunk);
-                        continue;
-                    }
-                    let next = if self.state == State::Trailers {
-                        if line == b"\r\n" {
-                            self.after_body()
-                        } else {
-                            State::Trailers
-                        }
-                    } else {
-                        match httparse::parse_chunk_size(&line) {
-                            Ok(httparse::Status::Complete((_, 0))) => State::Trailers,
-                            Ok(httparse::Status::Complete((_, n))) => State::ChunkData(n),
-                            _ => {
-                                self.poison(Refusal::BadChunk);
-                                continue;
-                            }
-                        }
-                    };
-                    self.line = line;
-                    self.line.clear();
-                    self.state = next;
-                }
-                State::ChunkData(n) => {
-                    let take = (n as usize).min(data.len() - i);
-                    pass!(i, i + take);
-                    i += take;
-                    let left = n - take as u64;
-                    self.state = if left == 0 {
-                        State::ChunkCrlf(2)
-                    } else {
-                        State::ChunkData(left)
-                    };
-                }
-                State::ChunkCrlf(n) => {
-                    // Exactly CRLF after the chunk data.
-                    let want = if n == 2 { b'\r' } else { b'\n' };
-                    if data[i] != want {
-                        self.poison(Refusal::BadChunk);
-                        continue;
-                    }
-                    pass!(i, i + 1);
-                    i += 1;
-                    self.state = if n == 1 {
-                        State::ChunkLine
-                    } else {
-                        State::ChunkCrlf(n - 1)
-                    };
-                }
-            }
-        }
-        if direct {
-            data.len()
-        } else {
-            direct_end
-        }
-    }
-
-    /// The state after a request's body: the next head, or the wait for
-    /// the upgrade decision.
-    fn after_body(&mut self) -> State {
-        if self.upgrading {
-            self.upgrading = false;
-            State::Await
-        } else {
-            State::Head
-        }
-    }
-
-    fn poison(&mut self, why: Refusal) {
-        self.state_ref.refuse(self.heads, why);
-        self.state = State::Poisoned;
-    }
-
-    /// A head still incomplete: refuse it once it is over a limit.
-    /// The checks run in the same order on a partial head as on a whole
-    /// one (`on_head`), so the verdict does not depend on where the reads
-    /// split the head.
-    fn check_partial_head(&mut self) {
-        if let Err(why) = self
-            .check_start()
-            .and_then(|()| check_partial(&mut self.head))
-        {
-            // Bytes no request can start with (a TLS ClientHello on the
-            // plain port, binary noise), or over a limit: answered now, not
-            // at a blank line that may never come.
-            self.heads += 1;
-            self.stand_in(why);
-        }
-    }
-
-    /// The first checks of any head, whole or not: the HTTP/2 preface,
-    /// the method, the request line and head limits.
-    fn check_start(&self) -> Result<(), Refusal> {
-        if self.head.starts_with(b"PRI * HTTP/2.0") {
-            return Err(Refusal::Http2Preface);
-        }
-        check_method(&self.head)?;
-        let line_len = self
-            .head
-            .iter()
-            .position(|b| *b == b'\n')
-            .unwrap_or(self.head.len());
-        if line_len > self.limits.max_uri {
-            return Err(Refusal::UriTooLong);
-        }
-        if self.head.len() > self.limits.max_head {
-            return Err(Refusal::HeadTooLarge);
-        }
-        Ok(())
-    }
-
-    /// Replaces the held head by the stand-in and stops reading.
-    fn stand_in(&mut self, why: Refusal) {
-        self.state_ref.refuse(self.heads, why);
-        self.head.clear();
-        self.state_ref.head_started.store(0, Ordering::Release);
-        self.out.extend_from_slice(STAND_IN);
-        self.state = State::Closed;
-    }
-
-    /// A complete head is in `head`: check it, queue it (or its stand-in)
-    /// for hyper, and pick the body state.
-    fn on_head(&mut self) {
-        self.heads += 1;
-        self.state_ref.head_started.store(0, Ordering::Release);
-        if let Err(why) = self.check_start() {
-            return self.stand_in(why);
-        }
-        match check_head(&mut self.head) {
-            Err(why) => self.stand_in(why),
-            Ok(head) => {
-                let body = match head.body {
-                    Body::None => None,
-                    Body::Fixed(n) => Some(State::Fixed(n)),
-                    Body::Chunked => Some(State::ChunkLine),
-                };
-                self.upgrading = head.upgrade;
-                if let Some(t) = self.targets.as_mut() {
-                    // "METHOD TARGET", as the request line has them.
-                    let line = self.head.split(|b| *b == b'\n').next().unwrap_or_default();
-                    let end = line.iter().rposition(|b| *b == b' ').unwrap_or(line.len());
-                    t.push(line[..end].to_vec());
-                }
-                self.out.extend_from_slice(&self.head);
-                recycle(&mut self.head);
-                self.state = match body {
-                    Some(s) => s,
-                    None => self.after_body(),
-                };
-            }
-        }
-    }
-
-    /// For [`crate::fuzzing`]: one read of `data`, appending what hyper
-    /// would be given to `passed`. An upgrade request is answered "not
-    /// switched" and the bytes held meanwhile are followed, as `poll_read`
-    /// does.
-    pub(crate) fn follow(&mut self, data: &[u8], passed: &mut Vec<u8>) {
-        let k = self.process(data);
-        passed.extend_from_slice(&data[..k]);
-        passed.append(&mut self.out);
-        while self.state == State::Await {
-            self.state_ref.answered(self.heads, false);
-            self.state = State::Head;
-            let held = std::mem::take(&mut self.held);
-            let k = self.process(&held);
-            passed.extend_from_slice(&held[..k]);
-            passed.append(&mut self.out);
-        }
-    }
-
-    pub(crate) fn heads(&self) -> u64 {
-        self.heads
-    }
-
-    /// In `Await`: the pipeline's decision for the awaited request, if made.
-    fn decided(&self) -> Option<bool> {
-        let d = self.state_ref.decision.load(Ordering::Acquire);
-        (d >> 1 == self.heads).then_some(d & 1 == 1)
-    }
-}
-
-/// Empties a buffer for the next head, keeping an ordinary head's worth of
-/// capacity (no allocation per request) but not a large one's for the
-/// connection's whole life.
-fn recycle(buf: &mut Vec<u8>) {
-    if buf.capacity() > 4096 {
-        *buf = Vec::new();
-    } else {
-        buf.clear();
-    }
-}
-
-/// What a head that passed says about its body.
-#[derive(Debug, PartialEq, Eq)]
-enum Body {
+pub enum BodyLen {
     None,
     Fixed(u64),
     Chunked,
 }
 
+/// A request head, parsed once.
 #[derive(Debug)]
-struct HeadInfo {
-    body: Body,
-    upgrade: bool,
+pub struct Head {
+    pub req: Request<()>,
+    pub body: BodyLen,
+    /// `Upgrade` was sent (HTTP/1.1): the connection may switch protocols.
+    pub upgrade: bool,
+    /// The client keeps the connection: HTTP/1.1 without `Connection:
+    /// close`, or HTTP/1.0 with `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` (RFC 9110 §10.1.1), HTTP/1.1.
+    pub expect_continue: bool,
+}
+
+/// Where [`take_head`] left off in a head that is not complete yet, so
+/// each byte is scanned once however the head arrives (one byte per read
+/// would otherwise cost the square of its length).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Scan {
+    /// Bytes of the buffer already searched for the blank line.
+    searched: usize,
+}
+
+/// Looks for a complete request head at the start of `buf` (empty lines
+/// before it are dropped, RFC 9112 §2.2). `Ok(None)`: more is needed and
+/// what has come can still begin a valid head; `Ok(Some)`: the head's
+/// bytes have been taken from `buf`.
+pub fn take_head(
+    buf: &mut BytesMut,
+    scan: &mut Scan,
+    limits: &Limits,
+) -> Result<Option<Head>, Refusal> {
+    if scan.searched == 0 {
+        let skip = buf
+            .iter()
+            .take_while(|b| **b == b'\r' || **b == b'\n')
+            .count();
+        buf.advance(skip);
+        if buf.is_empty() {
+            return Ok(None);
+        }
+    }
+    // The terminator may straddle two reads: look back 3.
+    let from = scan.searched.saturating_sub(3);
+    let Some(end) = find_head_end(&buf[from..]).map(|e| e + from) else {
+        let new_line = buf[from..].contains(&b'\n');
+        scan.searched = buf.len();
+        check_start(buf, limits)?;
+        // Judged again only when a line was completed: the verdict depends
+        // on lines, and parsing on every read would be quadratic.
+        if new_line {
+            check_partial(buf)?;
+        }
+        return Ok(None);
+    };
+    *scan = Scan::default();
+    check_start(&buf[..end], limits)?;
+    check_version(&mut buf[..end])?;
+    let head = buf.split_to(end).freeze();
+    parse_head(head, limits.max_headers).map(Some)
+}
+
+/// The first checks of any head, whole or not: the HTTP/2 preface, the
+/// method, the request line and head limits. The checks run in the same
+/// order on a partial head as on a whole one, so the verdict does not
+/// depend on where the reads split the head.
+fn check_start(head: &[u8], limits: &Limits) -> Result<(), Refusal> {
+    if head.starts_with(b"PRI * HTTP/2.0") {
+        return Err(Refusal::Http2Preface);
+    }
+    check_method(head)?;
+    let line_len = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
+    if line_len > limits.max_uri {
+        return Err(Refusal::UriTooLong);
+    }
+    if head.len() > limits.max_head {
+        return Err(Refusal::HeadTooLarge);
+    }
+    Ok(())
+}
+
+/// Parses a complete head (after [`check_version`]) into the request, its
+/// fields sharing `head`'s bytes, and applies RFC 9112's framing rules.
+fn parse_head(head: Bytes, max_headers: usize) -> Result<Head, Refusal> {
+    let mut stack = [httparse::EMPTY_HEADER; 128];
+    let mut heap = Vec::new();
+    let fields: &mut [httparse::Header<'_>] = if max_headers <= stack.len() {
+        &mut stack[..max_headers]
+    } else {
+        heap.resize(max_headers, httparse::EMPTY_HEADER);
+        &mut heap
+    };
+    let mut parsed = httparse::Request::new(fields);
+    match parsed.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        // RFC 6585 §5: more fields than allowed is 431, as for size.
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::HeadTooLarge),
+        _ => return Err(Refusal::Malformed),
+    }
+    let method = parsed.method.unwrap_or_default();
+    if method == "CONNECT" {
+        return Err(Refusal::Connect);
+    }
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| Refusal::Malformed)?;
+    let target = parsed.path.unwrap_or_default();
+    let uri = Uri::from_maybe_shared(head.slice_ref(target.as_bytes()))
+        .map_err(|_| Refusal::Malformed)?;
+    let version = match parsed.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let mut cl = ContentLength::default();
+    let mut has_cl = false;
+    let mut has_te = false;
+    let mut chunked = 0u32;
+    let mut chunked_last = false;
+    let mut other_coding = false;
+    let mut upgrade = false;
+    let (mut close, mut keep_alive, mut expect_continue) = (false, false, false);
+    // Sized once for these fields and those the proxy adds for the
+    // upstream (forwarding headers, request id; issue 13 point 3).
+    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 8);
+    for f in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Refusal::Malformed)?;
+        if name == http::header::CONTENT_LENGTH {
+            // RFC 9110 §8.6: a list of identical values may be taken as
+            // one; anything else is refused.
+            cl.add(f.value).map_err(|_| Refusal::BadContentLength)?;
+            has_cl = true;
+        } else if name == http::header::TRANSFER_ENCODING {
+            has_te = true;
+            for coding in f.value.split(|b| *b == b',') {
+                let coding = coding.trim_ascii();
+                if coding.is_empty() {
+                    continue;
+                }
+                if chunked_last {
+                    // Something after `chunked`.
+                    return Err(Refusal::BadTransferEncoding);
+                }
+                if coding.eq_ignore_ascii_case(b"chunked") {
+                    chunked += 1;
+                    chunked_last = true;
+                } else {
+                    other_coding = true;
+                }
+            }
+        } else if name == http::header::UPGRADE {
+            upgrade = true;
+        } else if name == http::header::CONNECTION {
+            for token in f.value.split(|b| *b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == http::header::EXPECT {
+            expect_continue |= f.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
+            .map_err(|_| Refusal::Malformed)?;
+        headers.append(name, value);
+    }
+    if has_cl && has_te {
+        return Err(Refusal::Ambiguous);
+    }
+    let body = if has_te {
+        if chunked > 1 || !chunked_last {
+            return Err(Refusal::BadTransferEncoding);
+        }
+        if other_coding {
+            return Err(Refusal::UnknownCoding);
+        }
+        BodyLen::Chunked
+    } else {
+        match cl.get() {
+            Some(n) if n > 0 => BodyLen::Fixed(n),
+            _ => BodyLen::None,
+        }
+    };
+    let http11 = version == Version::HTTP_11;
+    let mut req = Request::new(());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    Ok(Head {
+        req,
+        body,
+        upgrade: upgrade && http11,
+        keep_alive: !close && (http11 || keep_alive),
+        expect_continue: expect_continue && http11,
+    })
 }
 
 /// What can be said of a head not yet complete (after `check_start`): an
@@ -694,85 +507,6 @@ fn check_version(head: &mut [u8]) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// The rules of RFC 9112 for one complete head (`head` ends with its blank
-/// line), after [`check_version`].
-fn check_head(head: &mut [u8]) -> Result<HeadInfo, Refusal> {
-    check_version(head)?;
-    let mut fields = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut fields);
-    match req.parse(head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        // More fields than we look at: hyper applies its own limit (431).
-        Err(httparse::Error::TooManyHeaders) => {
-            return Ok(HeadInfo {
-                body: Body::None,
-                upgrade: false,
-            })
-        }
-        _ => return Err(Refusal::Malformed),
-    }
-    if req.method == Some("CONNECT") {
-        return Err(Refusal::Connect);
-    }
-    let mut cl = ContentLength::default();
-    let mut has_cl = false;
-    let mut has_te = false;
-    let mut chunked = 0u32;
-    let mut chunked_last = false;
-    let mut other_coding = false;
-    let mut upgrade = false;
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            // RFC 9110 §8.6: a list of identical values may be taken as
-            // one; anything else is refused.
-            cl.add(h.value).map_err(|_| Refusal::BadContentLength)?;
-            has_cl = true;
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            has_te = true;
-            for coding in h.value.split(|b| *b == b',') {
-                let coding = coding.trim_ascii();
-                if coding.is_empty() {
-                    continue;
-                }
-                if chunked_last {
-                    // Something after `chunked`.
-                    return Err(Refusal::BadTransferEncoding);
-                }
-                if coding.eq_ignore_ascii_case(b"chunked") {
-                    chunked += 1;
-                    chunked_last = true;
-                } else {
-                    other_coding = true;
-                }
-            }
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
-        }
-    }
-    if has_cl && has_te {
-        return Err(Refusal::Ambiguous);
-    }
-    if has_te {
-        if chunked > 1 || !chunked_last {
-            return Err(Refusal::BadTransferEncoding);
-        }
-        if other_coding {
-            return Err(Refusal::UnknownCoding);
-        }
-        return Ok(HeadInfo {
-            body: Body::Chunked,
-            upgrade,
-        });
-    }
-    Ok(HeadInfo {
-        body: match cl.get() {
-            Some(n) if n > 0 => Body::Fixed(n),
-            _ => Body::None,
-        },
-        upgrade,
-    })
-}
-
 /// The index just past the blank line ending a head in `b`, if any.
 fn find_head_end(b: &[u8]) -> Option<usize> {
     let mut from = 0;
@@ -787,91 +521,6 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
     None
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Inspect<I> {
-    // Runs on every read of an HTTP/1 connection: bodies pass uncopied and
-    // are followed by count; heads are gathered, checked and handed over.
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if this.out_pos < this.out.len() {
-                let n = (this.out.len() - this.out_pos).min(buf.remaining());
-                buf.put_slice(&this.out[this.out_pos..this.out_pos + n]);
-                this.out_pos += n;
-                if this.out_pos == this.out.len() {
-                    this.out_pos = 0;
-                    recycle(&mut this.out);
-                }
-                return Poll::Ready(Ok(()));
-            }
-            match this.state {
-                // Not the end of the stream: hyper (without half-close)
-                // would drop the connection before writing the answer.
-                State::Closed => return Poll::Pending,
-                State::Poisoned => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "malformed chunked framing",
-                    )))
-                }
-                State::Await => match this.decided() {
-                    Some(true) => {
-                        this.state = State::Off;
-                        this.out = std::mem::take(&mut this.held);
-                        continue;
-                    }
-                    Some(false) => {
-                        this.state = State::Head;
-                        let held = std::mem::take(&mut this.held);
-                        let k = this.process(&held);
-                        this.out.splice(0..0, held[..k].iter().copied());
-                        continue;
-                    }
-                    None => {
-                        *this
-                            .state_ref
-                            .waiting
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
-                        // The decision may have landed before the waker.
-                        if this.decided().is_some() {
-                            continue;
-                        }
-                        if this.held.len() > 64 * 1024 {
-                            return Poll::Pending;
-                        }
-                    }
-                },
-                _ => {}
-            }
-            let before = buf.filled().len();
-            match Pin::new(&mut this.inner).poll_read(cx, buf) {
-                Poll::Ready(Ok(())) => {}
-                other => return other,
-            }
-            let got = buf.filled().len() - before;
-            if got == 0 {
-                // End of stream; an incomplete head is dropped with it.
-                return Poll::Ready(Ok(()));
-            }
-            if this.state == State::Off {
-                return Poll::Ready(Ok(()));
-            }
-            let k = this.process(&buf.filled()[before..]);
-            buf.set_filled(before + k);
-            if k > 0 {
-                return Poll::Ready(Ok(()));
-            }
-            // Everything went in: hand over what is queued, or read more.
-        }
-    }
-}
-
-crate::base::io::forward_async_write!(Inspect);
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -879,53 +528,62 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_head: 64 * 1024,
         max_uri: 16 * 1024,
+        max_headers: 100,
     };
 
-    /// Feeds `chunks` and returns what hyper would see, the heads counted
-    /// and the refusal recorded.
-    fn run(chunks: &[&[u8]]) -> (Vec<u8>, u64, Option<(u64, Refusal)>) {
-        let st = Arc::new(ConnState::default());
-        let mut i = Inspect::new((), st.clone(), LIMITS);
-        let mut seen = Vec::new();
+    /// Feeds `chunks` one read at a time and takes every head that
+    /// completes (bodies are skipped by their declared length).
+    fn heads(chunks: &[&[u8]]) -> Result<Vec<Head>, Refusal> {
+        let mut buf = BytesMut::new();
+        let mut scan = Scan::default();
+        let mut out = Vec::new();
+        let mut skip = 0u64;
         for c in chunks {
-            let k = i.process(c);
-            seen.extend_from_slice(&c[..k]);
-            seen.append(&mut i.out);
+            buf.extend_from_slice(c);
+            loop {
+                let n = skip.min(buf.len() as u64);
+                buf.advance(n as usize);
+                skip -= n;
+                if skip > 0 || buf.is_empty() {
+                    break;
+                }
+                match take_head(&mut buf, &mut scan, &LIMITS)? {
+                    Some(h) => {
+                        if let BodyLen::Fixed(n) = h.body {
+                            skip = n;
+                        }
+                        out.push(h);
+                    }
+                    None => break,
+                }
+            }
         }
-        let at = st.refused_at.load(Ordering::Relaxed);
-        let why = Refusal::from_u8(st.refusal.load(Ordering::Relaxed));
-        (seen, i.heads, why.map(|w| (at, w)))
+        Ok(out)
+    }
+
+    fn refusal(text: &[u8]) -> Option<Refusal> {
+        heads(&[text]).err()
     }
 
     #[test]
-    fn follows_pipelined_requests_and_bodies() {
-        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 30\r\n\r\nGET /fake HTTP/1.1\r\nX: y\r\n\r\n!\
-POST /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
-GET /c HTTP/1.1\r\nHost: h\r\n\r\n";
-        let (seen, heads, refused) = run(&[stream]);
-        assert_eq!((heads, refused), (3, None));
-        assert_eq!(seen, stream);
-        // Byte by byte gives the same answer and the same bytes.
-        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
-        let (seen, heads, refused) = run(&bytes);
-        assert_eq!((heads, refused), (3, None));
-        assert_eq!(seen, stream);
-    }
-
-    #[test]
-    fn refuses_by_position_with_a_stand_in() {
-        let stream: &[u8] = b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n\
-POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX";
-        let (seen, _, refused) = run(&[stream]);
-        assert_eq!(refused, Some((2, Refusal::Ambiguous)));
-        let mut want = b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n".to_vec();
-        want.extend_from_slice(STAND_IN);
-        assert_eq!(seen, want, "nothing after the refused head reaches hyper");
-        let st = Arc::new(ConnState::default());
-        let mut i = Inspect::new((), st.clone(), LIMITS);
-        i.process(stream);
-        assert_eq!(st.next_h1(), (1, None));
-        assert_eq!(st.next_h1(), (2, Some(Refusal::Ambiguous)));
+    fn one_parse_gives_the_request_and_its_framing() {
+        let stream: &[u8] = b"\r\nPOST /a?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc\
+GET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n\
+GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: close\r\n\r\n";
+        for pieces in [vec![stream], stream.chunks(1).collect()] {
+            let hs = heads(&pieces).unwrap();
+            assert_eq!(hs.len(), 3);
+            assert_eq!(hs[0].req.method(), Method::POST);
+            assert_eq!(hs[0].req.uri(), "/a?x=1");
+            assert_eq!(hs[0].body, BodyLen::Fixed(3));
+            assert!(hs[0].expect_continue && hs[0].keep_alive && !hs[0].upgrade);
+            assert_eq!(hs[0].req.headers()["host"], "h");
+            assert_eq!(hs[1].req.version(), Version::HTTP_10);
+            assert!(hs[1].keep_alive, "HTTP/1.0 with keep-alive");
+            assert!(hs[2].upgrade && !hs[2].keep_alive);
+        }
+        let ten = heads(&[b"GET / HTTP/1.0\r\n\r\n"]).unwrap();
+        assert!(!ten[0].keep_alive, "HTTP/1.0 closes by default");
     }
 
     #[test]
@@ -937,86 +595,76 @@ POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\
             ("gzip", Some(Refusal::BadTransferEncoding)),
             ("chunked", None),
         ] {
-            let head =
-                format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n");
-            assert_eq!(run(&[head.as_bytes()]).2.map(|r| r.1), want, "{te}");
+            let head = format!("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert_eq!(refusal(head.as_bytes()), want, "{te}");
         }
-        let two = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-        assert_eq!(run(&[two]).2, Some((1, Refusal::BadTransferEncoding)));
-        let same_cl = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
-        assert_eq!(run(&[same_cl]).2, None);
-        let cl_list = b"POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\nabcd";
-        assert_eq!(run(&[cl_list]).2, Some((1, Refusal::BadContentLength)));
-    }
-
-    #[test]
-    fn bare_lf_in_chunks_poisons() {
-        let (_, _, refused) = run(&[
-            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\n0\n\n",
-        ]);
-        assert_eq!(refused, Some((1, Refusal::BadChunk)));
-        let (_, _, refused) =
-            run(&[b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n"]);
-        assert_eq!(refused, Some((1, Refusal::BadChunk)));
-    }
-
-    #[test]
-    fn versions_uri_limit_and_preface() {
-        let (seen, _, refused) = run(&[b"GET / HTTP/1.2\r\nHost: h\r\n\r\n"]);
-        assert_eq!(refused, None);
-        assert_eq!(seen, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!(
-            run(&[b"GET / HTTP/2.0\r\nHost: h\r\n\r\n"]).2,
-            Some((1, Refusal::Version))
+            refusal(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(Refusal::BadTransferEncoding)
         );
         assert_eq!(
-            run(&[b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"]).2,
-            Some((1, Refusal::Http2Preface))
+            refusal(b"POST / HTTP/1.1\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(Refusal::Ambiguous)
+        );
+        let same = heads(&[b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"]);
+        assert_eq!(same.unwrap()[0].body, BodyLen::Fixed(3));
+        assert_eq!(
+            refusal(b"POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n"),
+            Some(Refusal::BadContentLength)
+        );
+    }
+
+    #[test]
+    fn versions_limits_and_preface() {
+        let h = heads(&[b"GET / HTTP/1.2\r\nHost: h\r\n\r\n"]).unwrap();
+        assert_eq!(h[0].req.version(), Version::HTTP_11, "RFC 9110 §2.5");
+        assert_eq!(
+            refusal(b"GET / HTTP/2.0\r\nHost: h\r\n\r\n"),
+            Some(Refusal::Version)
+        );
+        assert_eq!(
+            refusal(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Some(Refusal::Http2Preface)
         );
         // However the reads split it, the same verdict (found by fuzzing).
         let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
         let pieces: Vec<&[u8]> = preface.chunks(2).collect();
-        assert_eq!(run(&pieces).2, Some((1, Refusal::Http2Preface)));
+        assert_eq!(heads(&pieces).err(), Some(Refusal::Http2Preface));
         let pieces: Vec<&[u8]> = b"GET / HTTP/2.0\r\nHost: h\r\n\r\n".chunks(3).collect();
-        assert_eq!(run(&pieces).2, Some((1, Refusal::Version)));
+        assert_eq!(heads(&pieces).err(), Some(Refusal::Version));
         let bad = b"++/PY~I * HTTP/2.0\n\x14";
         let pieces: Vec<&[u8]> = bad.chunks(1).collect();
-        assert_eq!(run(&pieces).2, run(&[bad]).2);
+        assert_eq!(heads(&pieces).err(), heads(&[bad]).err());
         let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(20_000));
-        assert_eq!(run(&[long.as_bytes()]).2, Some((1, Refusal::UriTooLong)));
+        assert_eq!(refusal(long.as_bytes()), Some(Refusal::UriTooLong));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(70_000));
-        assert_eq!(run(&[big.as_bytes()]).2, Some((1, Refusal::HeadTooLarge)));
+        assert_eq!(refusal(big.as_bytes()), Some(Refusal::HeadTooLarge));
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(refusal(many.as_bytes()), Some(Refusal::HeadTooLarge));
         assert_eq!(
-            run(&[b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n"]).2,
-            Some((1, Refusal::Connect))
+            refusal(b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n"),
+            Some(Refusal::Connect)
+        );
+        assert_eq!(
+            refusal(b"\x16\x03\x01\x02\x00\x01"),
+            Some(Refusal::Malformed)
         );
     }
 
     #[test]
-    fn an_upgrade_request_holds_what_follows_until_decided() {
-        let st = Arc::new(ConnState::default());
-        let mut i = Inspect::new((), st.clone(), LIMITS);
-        let first =
-            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
-        let next = b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(i.process(first), 0);
-        assert_eq!(i.state, State::Await);
-        assert_eq!(i.process(next), 0);
-        assert_eq!(i.held, next);
-        // Not switched: the held request is checked like any other.
-        let (n, _) = st.next_h1();
-        st.answered(n, false);
-        assert_eq!(i.decided(), Some(false));
-        i.state = State::Head;
-        let held = std::mem::take(&mut i.held);
-        i.process(&held);
-        assert_eq!(st.refused_at.load(Ordering::Relaxed), 2);
-        // Switched: the rest is not inspected.
-        let st = Arc::new(ConnState::default());
-        let mut i = Inspect::new((), st.clone(), LIMITS);
-        i.process(first);
-        let (n, _) = st.next_h1();
-        st.answered(n, true);
-        assert_eq!(i.decided(), Some(true));
+    fn a_head_is_not_judged_by_the_request_behind_it() {
+        // The next pipelined head counts against its own limit, not this one's.
+        let next = format!("GET /{} HTTP/1.1\r\nHost: h\r\n\r\n", "a".repeat(9_000));
+        let stream = format!("GET / HTTP/1.1\r\nHost: h\r\n\r\n{next}");
+        let limits = Limits {
+            max_head: 10_000,
+            max_uri: 10_000,
+            max_headers: 100,
+        };
+        let mut buf = BytesMut::from(stream.as_bytes());
+        let mut scan = Scan::default();
+        assert!(take_head(&mut buf, &mut scan, &limits).unwrap().is_some());
+        assert!(take_head(&mut buf, &mut scan, &limits).unwrap().is_some());
     }
 }

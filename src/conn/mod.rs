@@ -1,7 +1,9 @@
-//! Listening sockets and connections: bind, accept, TLS handshake, hand the
-//! connection to hyper, and drain gracefully on shutdown.
+//! Listening sockets and connections: bind, accept, TLS handshake, serve
+//! HTTP/1 (`h1`, Gatehouse's own) or HTTP/2 (hyper), and drain gracefully
+//! on shutdown.
 
 pub(crate) mod framing;
+pub(crate) mod h1;
 pub mod proxy_protocol;
 
 use std::collections::HashMap;
@@ -11,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
@@ -43,11 +45,12 @@ pub(crate) trait Handler: Send + Sync + 'static {
     /// The response body the pipeline answers with.
     type Body: http_body::Body<Data = bytes::Bytes, Error = crate::upstream::body::BoxError>
         + Send
+        + Unpin
         + 'static;
 
     fn handle(
         self: Arc<Self>,
-        req: http::Request<hyper::body::Incoming>,
+        req: http::Request<crate::upstream::body::RequestBody>,
         conn: Arc<Conn>,
     ) -> impl std::future::Future<
         Output = Result<http::Response<Self::Body>, std::convert::Infallible>,
@@ -411,7 +414,7 @@ async fn serve_tls<I, H: Handler>(
     handler: Arc<H>,
     shutdown: watch::Receiver<bool>,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + Sync + 'static,
 {
     let peer = conn.peer;
     let timeout = shared.runtime.load().config.listener.handshake_timeout;
@@ -461,47 +464,27 @@ async fn serve_http1<I, H: Handler>(
     handler: Arc<H>,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    I: h1::Stream,
 {
     let metrics = shared.metrics.clone();
     let _open = crate::runtime::metrics::Gauge::up(&metrics.open_http1);
     let rt = shared.runtime.load_full();
-    let (max_head, l) = (rt.config.max_header_bytes, &rt.config.listener);
-    let peer = conn.peer;
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        // framing.rs holds a head back until it is complete, so hyper's
-        // timer would only see the idle wait: `idle_limit` keeps both.
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_headers(l.max_headers)
-        // framing.rs enforces the head limit (431) before hyper sees a
-        // head; this bound only keeps hyper's buffer near it.
-        .max_header_size(max_head + 4096)
-        .max_buf_size(max_head.max(8192) + 8192);
+    let l = &rt.config.listener;
     let limits = crate::conn::framing::Limits {
-        max_head,
+        max_head: rt.config.max_header_bytes,
         max_uri: rt.config.max_uri_bytes,
+        max_headers: l.max_headers,
     };
     let (header_timeout, keepalive) = (l.header_timeout, l.keepalive_timeout);
     drop(rt);
+    let peer = conn.peer;
     let state = conn.state.clone();
-    let io = crate::conn::framing::Inspect::new(io, state.clone(), limits);
-    let svc = service_fn(move |req| H::handle(handler.clone(), req, conn.clone()));
-    let conn = builder
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
-    tokio::pin!(conn);
+    let serve = h1::serve(Box::new(io), conn, handler, limits, &mut shutdown);
     let result = tokio::select! {
-        r = conn.as_mut() => r,
+        r = serve => r,
         () = idle_limit(&state, header_timeout, keepalive, false) => {
             tracing::debug!(%peer, "HTTP/1 connection closed at its idle limit");
             return;
-        }
-        () = stopped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
         }
     };
     if let Err(e) = result {
@@ -540,7 +523,13 @@ async fn serve_http2<I, H: Handler>(
     let (header_timeout, keepalive) = (l.header_timeout, l.keepalive_timeout);
     drop(rt);
     let state = conn.state.clone();
-    let svc = service_fn(move |req| H::handle(handler.clone(), req, conn.clone()));
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        H::handle(
+            handler.clone(),
+            req.map(crate::upstream::body::RequestBody::H2),
+            conn.clone(),
+        )
+    });
     let conn = builder.serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -325,20 +325,7 @@ fn header_bytes(v: &Option<HeaderValue>) -> Option<&[u8]> {
     v.as_ref().map(HeaderValue::as_bytes)
 }
 
-/// A number in decimal, without the formatter.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
+use crate::base::fmt::push_decimal as push_u64;
 
 /// Seconds with three decimals (milliseconds, rounded), as nginx logs
 /// `$request_time`.
@@ -468,10 +455,7 @@ fn with_dates(t: SystemTime, f: impl FnOnce(&Dates)) {
 }
 
 fn render_dates(second: u64) -> Dates {
-    const MONTHS: [&[u8; 3]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
+    use crate::base::clock::MONTHS;
     let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(second).unwrap_or(0))
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     let two = |n: u8| [b'0' + n / 10, b'0' + n % 10];

@@ -14,10 +14,9 @@
 
 use std::time::Duration;
 
+use crate::upstream::body::RequestBody;
 use http::header::{self, HeaderValue};
 use http::{HeaderName, Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 
 use super::Context;
@@ -91,7 +90,7 @@ fn token_matches(value: &HeaderValue, token: &str) -> bool {
 
 /// Answers a request that carries the diagnostics header.
 pub async fn answer(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     token: &str,
     conn: &Conn,
     client: &Client,
@@ -119,13 +118,13 @@ pub async fn answer(
     let websocket = upgrade::h1_protocols(&req, &["websocket".to_string()]).is_some();
     let h2_websocket = upgrade::is_h2_websocket(&req);
     if h2_websocket || (key.is_some() && websocket) {
-        let on = hyper::upgrade::on(&mut req);
+        let on = crate::conn::h1::on_upgrade(&mut req).wait();
         let json = json.clone();
         tokio::spawn(async move {
             let Ok(Ok(io)) = tokio::time::timeout(Duration::from_secs(10), on).await else {
                 return;
             };
-            send_report(TokioIo::new(io), json).await;
+            send_report(io, json).await;
         });
         if h2_websocket {
             // RFC 8441 §5: a 200 opens the stream; the frames follow on it.
@@ -189,7 +188,7 @@ where
 }
 
 async fn report(
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     conn: &Conn,
     client: &Client,
     rt: &Runtime,

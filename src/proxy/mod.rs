@@ -15,10 +15,10 @@ use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use crate::upstream::body::RequestBody;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
 
 use crate::base::error_chain::ErrorChain;
 use crate::config::{OnDeny, OnRedisError};
@@ -127,7 +127,7 @@ impl crate::conn::Handler for Context {
 
     fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: Arc<Conn>,
     ) -> impl std::future::Future<Output = Result<Response<ResponseBody>, Infallible>> + Send + 'static
     {
@@ -139,7 +139,7 @@ impl crate::conn::Handler for Context {
 /// response (logged once here), and applies the security headers to
 /// whatever goes out.
 pub(crate) async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: Arc<Conn>,
     shared: Arc<Context>,
 ) -> Result<Response<ResponseBody>, Infallible> {
@@ -147,7 +147,7 @@ pub(crate) async fn handle(
     // and eviction leave the connection alone meanwhile).
     let busy = crate::proxy::response::Busy::enter(&conn.state);
     let h1 = req.version() != Version::HTTP_2;
-    let (seq, refusal) = if h1 { conn.state.next_h1() } else { (0, None) };
+    let refusal = if h1 { conn.state.next_h1().1 } else { None };
     // One snapshot per request: a reload cannot change it half way.
     let rt = shared.runtime.load_full();
     let method = req.method().clone();
@@ -220,10 +220,6 @@ pub(crate) async fn handle(
             error.into_response(&client.request_id)
         }
     };
-    if h1 {
-        conn.state
-            .answered(seq, res.status() == StatusCode::SWITCHING_PROTOCOLS);
-    }
     res.body_mut().set_busy(busy);
     rt.headers.apply(res.headers_mut(), conn.tls);
     res.headers_mut()
@@ -272,7 +268,7 @@ impl From<ProxyError> for Failure {
 }
 
 async fn inner(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     conn: &Conn,
     client: &Client,
     rt: &Runtime,
@@ -564,7 +560,7 @@ async fn admit_rate(
 
 /// Refuses a body whose declared length is over the route's limit before any
 /// of it is read. A body without a length is capped while it streams.
-fn admit_body(req: &Request<Incoming>, route: &RouteRt) -> Result<(), ProxyError> {
+fn admit_body(req: &Request<RequestBody>, route: &RouteRt) -> Result<(), ProxyError> {
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH) {
         let len = len
             .to_str()
@@ -595,7 +591,7 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// query byte for byte, the client's Host, hop-by-hop fields removed and the
 /// forwarding headers set. Runs once per proxied request.
 pub(crate) fn prepare_upstream(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     route: &RouteRt,
     client: &Client,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
@@ -847,7 +843,7 @@ pub(crate) fn finish_response(
 /// `FORCE_HTTPS_REDIRECT`: 301 to the same host, path and query on HTTPS,
 /// keeping a non-443 port (AliasVault's nginx drops it, their #940).
 fn redirect_to_https(
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     rt: &Runtime,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let host = match req

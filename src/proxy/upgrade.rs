@@ -9,11 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::conn::h1::ClientUpgrade;
+use crate::upstream::body::RequestBody;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::response::ResponseBody;
@@ -28,7 +27,7 @@ static SEC_WEBSOCKET_KEY: header::HeaderName = header::SEC_WEBSOCKET_KEY;
 /// the route allows: the `Upgrade` value to forward (the allowed tokens
 /// the client offered, in its order). Other tokens are not forwarded, so
 /// `Upgrade: h2c` is an ordinary request (issue 10 point 2).
-pub fn h1_protocols(req: &Request<Incoming>, allowed: &[String]) -> Option<HeaderValue> {
+pub fn h1_protocols(req: &Request<RequestBody>, allowed: &[String]) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 || !req.headers().contains_key(header::UPGRADE) {
         return None;
     }
@@ -68,7 +67,7 @@ fn protocol_allowed(token: &str, allowed: &[String]) -> bool {
 }
 
 /// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441 §4).
-pub fn is_h2_websocket(req: &Request<Incoming>) -> bool {
+pub fn is_h2_websocket(req: &Request<RequestBody>) -> bool {
     req.method() == Method::CONNECT
         && req
             .extensions()
@@ -81,13 +80,13 @@ pub fn is_h2_websocket(req: &Request<Incoming>) -> bool {
 /// `websocket_timeout` passes without traffic. Any other answer is an
 /// ordinary response.
 pub async fn h1(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     protocols: HeaderValue,
     client: &Client,
     route: Arc<RouteRt>,
     metrics: Arc<crate::runtime::metrics::Metrics>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let client_side = hyper::upgrade::on(&mut req);
+    let client_side = crate::conn::h1::on_upgrade(&mut req);
     let host = super::request_host(&req);
     let mut up = prepare_upstream(req, &route, client)?;
     up.headers_mut().insert(header::UPGRADE, protocols.clone());
@@ -145,12 +144,12 @@ pub async fn h1(
 /// `Sec-WebSocket-Key`; the upstream's 101 (its accept key checked) becomes
 /// a 200 on the stream, which then carries the WebSocket bytes.
 pub async fn h2_websocket(
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
     client: &Client,
     route: Arc<RouteRt>,
     metrics: Arc<crate::runtime::metrics::Metrics>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let client_side = hyper::upgrade::on(&mut req);
+    let client_side = crate::conn::h1::on_upgrade(&mut req);
     let (mut parts, _body) = req.into_parts();
     parts.method = Method::GET;
     parts.extensions.remove::<hyper::ext::Protocol>();
@@ -217,7 +216,7 @@ fn handed_over<B>(res: &Response<B>) -> Result<(tokio::net::TcpStream, bytes::By
 }
 
 fn spawn_tunnel(
-    client: OnUpgrade,
+    client: ClientUpgrade,
     upstream: (tokio::net::TcpStream, bytes::Bytes),
     idle: Duration,
     route: String,
@@ -225,14 +224,13 @@ fn spawn_tunnel(
 ) {
     tokio::spawn(async move {
         let _open = crate::runtime::metrics::Gauge::up(&metrics.open_websockets);
-        let client = match client.await {
+        let mut client = match client.wait().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(route, "upgrade did not complete: {e}");
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
         // What the upstream sent right after its 101 comes first.
         let (tcp, early) = upstream;
         let mut upstream = crate::conn::proxy_protocol::Prefixed::new(early.to_vec(), tcp);

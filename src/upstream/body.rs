@@ -12,6 +12,47 @@ use hyper::body::Incoming;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A client's request body as the pipeline receives it: none, HTTP/2's
+/// (hyper's stream), or one read by Gatehouse's own HTTP/1 side
+/// (`conn::h1`, boxed: this layer does not know the connection's).
+pub enum RequestBody {
+    Empty,
+    H2(Incoming),
+    Stream(Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send + Sync>>),
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Stream(b) => b.as_mut().poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::H2(b) => b.is_end_stream(),
+            RequestBody::Stream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::H2(b) => b.size_hint(),
+            RequestBody::Stream(b) => b.size_hint(),
+        }
+    }
+}
+
 /// The request body was larger than the route allows. Raised while
 /// streaming, so a body without `Content-Length` is still capped; the error
 /// travels through hyper's client and is recognised with
@@ -58,7 +99,7 @@ impl Progress {
 /// reads (`client_body_timeout`), and the part read ahead of time replayed
 /// first (`request_buffer`).
 pub struct UpstreamBody {
-    inner: Option<Incoming>,
+    inner: Option<RequestBody>,
     /// Frames read by [`UpstreamBody::buffer`], sent first.
     ahead: std::collections::VecDeque<Frame<Bytes>>,
     /// The client's body has ended (the rest is in `ahead`).
@@ -85,7 +126,7 @@ pub(crate) struct ClientBodyTimeout(pub std::time::Duration);
 
 impl UpstreamBody {
     pub fn new(
-        inner: Incoming,
+        inner: RequestBody,
         limit: u64,
         idle: std::time::Duration,
         counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
@@ -278,7 +319,7 @@ impl Body for UpstreamBody {
 /// not the upstream's.
 #[derive(Debug, thiserror::Error)]
 #[error("reading the request body failed")]
-pub(crate) struct ClientBodyError(#[source] pub hyper::Error);
+pub(crate) struct ClientBodyError(#[source] pub BoxError);
 
 /// True when `err` or any of its causes is an `E`.
 pub(crate) fn caused_by<E: std::error::Error + 'static>(

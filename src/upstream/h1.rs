@@ -23,6 +23,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::base::content_length::ContentLength;
+use crate::base::fmt::push_decimal;
+use crate::base::framed::{self, Framing, WriteError};
 use crate::upstream::body::{BoxError, UpstreamBody};
 
 /// A response head larger than this is refused (hyper's client allowed
@@ -32,9 +34,6 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_FIELDS: usize = 128;
 /// What one read asks the kernel for.
 const READ_SIZE: usize = 16 * 1024;
-/// Request body data up to this size is copied in with its chunk framing
-/// and written in one call; larger data is written as it is.
-const COALESCE: usize = 8 * 1024;
 
 /// One connection to an upstream server, with what was read past the
 /// current message.
@@ -61,15 +60,6 @@ pub enum ExchangeError {
     /// gone); kept as the source so the pipeline can tell which.
     #[error("the request body failed")]
     Body(#[source] BoxError),
-}
-
-/// How the request body is framed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// No body is sent.
-    None,
-    Length(u64),
-    Chunked,
 }
 
 impl Conn {
@@ -248,21 +238,6 @@ fn encode_head(parts: &http::request::Parts, body: &UpstreamBody, out: &mut Vec<
     framing
 }
 
-fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut tmp = [0u8; 20];
-    let mut i = tmp.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&tmp[i..]);
-}
-
 /// `None`: no Content-Length; `Some(None)`: one that is not a single
 /// valid length (RFC 9110 §8.6, the rule the client side applies too);
 /// `Some(Some(n))`: the length.
@@ -293,109 +268,20 @@ fn trim(b: &[u8]) -> &[u8] {
 /// The head (already in `pending`) and the body, framed.
 async fn write_body<W: AsyncWrite + Unpin>(
     w: &mut W,
-    mut pending: Vec<u8>,
+    pending: Vec<u8>,
     body: &mut UpstreamBody,
     framing: Framing,
     consumed: &mut bool,
 ) -> Result<(), ExchangeError> {
-    let chunked = framing == Framing::Chunked;
-    let mut left = match framing {
-        Framing::Length(n) => n,
-        _ => u64::MAX,
-    };
-    let mut trailers = None;
-    loop {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await;
-        *consumed = true;
-        let frame = match frame {
-            None => break,
-            Some(Err(e)) => return Err(ExchangeError::Body(e)),
-            Some(Ok(f)) => f,
-        };
-        let frame = match frame.into_data() {
-            Ok(data) => {
-                if data.is_empty() {
-                    continue;
-                }
-                if !chunked {
-                    let n = data.len() as u64;
-                    if n > left {
-                        return Err(ExchangeError::Body(
-                            "the request body is longer than its Content-Length".into(),
-                        ));
-                    }
-                    left -= n;
-                }
-                if chunked {
-                    push_hex(&mut pending, data.len());
-                    pending.extend_from_slice(b"\r\n");
-                }
-                if data.len() <= COALESCE {
-                    // Small data goes out with its framing (and, the first
-                    // time, the head) in one write.
-                    pending.extend_from_slice(&data);
-                    if chunked {
-                        pending.extend_from_slice(b"\r\n");
-                    }
-                    w.write_all(&pending).await.map_err(ExchangeError::Io)?;
-                    pending.clear();
-                } else {
-                    w.write_all(&pending).await.map_err(ExchangeError::Io)?;
-                    pending.clear();
-                    w.write_all(&data).await.map_err(ExchangeError::Io)?;
-                    if chunked {
-                        pending.extend_from_slice(b"\r\n");
-                    }
-                }
-                continue;
+    framed::write_body(w, pending, Pin::new(body), framing, consumed)
+        .await
+        .map_err(|e| match e {
+            WriteError::Io(e) => ExchangeError::Io(e),
+            WriteError::Body(e) => ExchangeError::Body(e),
+            WriteError::Length => {
+                ExchangeError::Body("the request body does not match its Content-Length".into())
             }
-            Err(frame) => frame,
-        };
-        if let Ok(t) = frame.into_trailers() {
-            trailers = Some(t);
-        }
-    }
-    if let Framing::Length(_) = framing {
-        if left != 0 {
-            return Err(ExchangeError::Body(
-                "the request body ended before its Content-Length".into(),
-            ));
-        }
-    }
-    if chunked {
-        pending.extend_from_slice(b"0\r\n");
-        if let Some(t) = &trailers {
-            for (name, value) in t {
-                pending.extend_from_slice(name.as_str().as_bytes());
-                pending.extend_from_slice(b": ");
-                pending.extend_from_slice(value.as_bytes());
-                pending.extend_from_slice(b"\r\n");
-            }
-        }
-        pending.extend_from_slice(b"\r\n");
-    }
-    if !pending.is_empty() {
-        w.write_all(&pending).await.map_err(ExchangeError::Io)?;
-    }
-    w.flush().await.map_err(ExchangeError::Io)
-}
-
-/// A chunk size in hex, without the formatter (one per request body
-/// chunk).
-fn push_hex(out: &mut Vec<u8>, n: usize) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut tmp = [0u8; 16];
-    let mut i = tmp.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        tmp[i] = DIGITS[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&tmp[i..]);
+        })
 }
 
 /// Reads until a final response head is complete, skipping 1xx heads
@@ -694,6 +580,13 @@ pub fn chunked_step(state: &mut Chunk, buf: &mut BytesMut) -> Step {
     loop {
         match *state {
             Chunk::Size => {
+                // RFC 9112 §7.1: the line ends in CRLF; a bare LF is read
+                // differently by different parsers (a smuggling vector).
+                if let Some(lf) = buf.iter().position(|b| *b == b'\n') {
+                    if lf == 0 || buf[lf - 1] != b'\r' {
+                        return Step::Invalid("a chunk-size line ends in a bare LF");
+                    }
+                }
                 let Some(end) = find_crlf(buf) else {
                     // A size line is short; extensions are capped with it.
                     return if buf.len() > 4096 {
@@ -846,18 +739,6 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_without_the_formatter() {
-        for n in [0usize, 1, 9, 10, 15, 16, 255, 4096, 65_535, usize::MAX] {
-            let mut hex = Vec::new();
-            push_hex(&mut hex, n);
-            assert_eq!(hex, format!("{n:x}").into_bytes());
-            let mut dec = Vec::new();
-            push_decimal(&mut dec, n as u64);
-            assert_eq!(dec, n.to_string().into_bytes());
-        }
-    }
 
     #[test]
     fn response_framing_follows_rfc_9112() {

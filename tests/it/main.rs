@@ -21,6 +21,7 @@ mod plan;
 mod properties;
 mod reload;
 mod routing;
+mod server_h1;
 mod smuggling;
 mod tls;
 mod trust;
