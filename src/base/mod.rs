@@ -1,6 +1,6 @@
 //! Shared primitives every layer may use: the monotonic clock and HTTP
 //! dates, numbers without the formatter, HTTP/1 bodies written with their
-//! framing, I/O
+//! framing, per-thread spares of header maps and buffers, I/O
 //! helpers, log-line limits, file stamps, error chains, header names, the
 //! Content-Length rule and CIDR ranges.
 
@@ -14,3 +14,4 @@ pub(crate) mod framed;
 pub(crate) mod header_names;
 pub(crate) mod io;
 pub mod log_limit;
+pub(crate) mod recycle;

@@ -29,7 +29,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use crate::base::content_length::ContentLength;
@@ -372,7 +372,7 @@ fn parse_head(head: Bytes, max_headers: usize) -> Result<Head, Refusal> {
     let (mut close, mut keep_alive, mut expect_continue) = (false, false, false);
     // Sized once for these fields and those the proxy adds for the
     // upstream (forwarding headers, request id; issue 13 point 3).
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 8);
+    let mut headers = crate::base::recycle::header_map(parsed.headers.len() + 8);
     for f in parsed.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Refusal::Malformed)?;
         if name == http::header::CONTENT_LENGTH {

@@ -86,14 +86,16 @@ impl Wire {
     /// a buffer is taken only when bytes came.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() == 0 {
-            let mut stack = [0u8; READ_SIZE];
-            let mut rb = ReadBuf::new(&mut stack);
+            // Uninitialised: zeroing 8 KiB per read would cost more than
+            // the rest of the request's parsing.
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut rb = ReadBuf::uninit(&mut stack);
             ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
             if n == 0 {
                 self.eof = true;
             } else {
-                self.buf.reserve(READ_SIZE);
+                self.buf = crate::base::recycle::buffer();
                 self.buf.extend_from_slice(rb.filled());
             }
             return Poll::Ready(Ok(n));
@@ -116,7 +118,7 @@ impl Wire {
     /// Lets the buffer go while the connection waits for its next request.
     fn release(&mut self) {
         if self.buf.is_empty() && self.buf.capacity() != 0 {
-            self.buf = BytesMut::new();
+            crate::base::recycle::give_back_buffer(std::mem::take(&mut self.buf));
         }
     }
 }
@@ -377,125 +379,146 @@ pub(crate) async fn serve<H: Handler>(
             return Ok(());
         };
         heads += 1;
-        let (mut req, mut keep, body, upgrade, expect) = match head {
-            Ok(h) => (
-                h.req.map(|()| RequestBody::Empty),
-                h.keep_alive,
-                h.body,
-                h.upgrade,
-                h.expect_continue,
-            ),
-            Err(why) => {
-                state.refuse(heads, why);
-                (stand_in(), false, BodyLen::None, false, false)
-            }
-        };
-        let v10 = req.version() == Version::HTTP_10;
-        let head_request = req.method() == Method::HEAD;
-        if body != BodyLen::None {
-            let w = wire.take().expect("invariant: held between requests");
-            *req.body_mut() =
-                RequestBody::Stream(Box::pin(H1Body::new(w, body, home.clone(), expect)));
-        }
-        let switch = upgrade.then(|| {
-            let (tx, rx) = oneshot::channel();
-            req.extensions_mut()
-                .insert(PendingUpgrade(Arc::new(Mutex::new(Some(rx)))));
-            tx
+        let head = head.map_err(|why| {
+            state.refuse(heads, why);
         });
-        // Boxed: the pipeline's future is large and lives only while a
-        // request is in flight, not with every idle connection.
-        let mut answer = Box::pin(H::handle(handler.clone(), req, conn.clone()));
-        let res = std::future::poll_fn(|cx| {
-            if let Poll::Ready(Ok(res)) = answer.as_mut().poll(cx) {
-                return Poll::Ready(Some(res));
-            }
-            // Nobody else reads the connection now: a client that leaves
-            // cancels its request (the pipeline's future is dropped, and
-            // the upstream request with it). What arrives meanwhile is the
-            // next pipelined request, kept up to the head limit.
-            if let Some(w) = wire.as_mut() {
-                while !w.eof && w.buf.len() < limits.max_head {
-                    match w.poll_fill(cx) {
-                        Poll::Pending => break,
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Ready(Err(_)) => return Poll::Ready(None),
-                    }
-                }
-                if w.eof && w.buf.is_empty() {
-                    return Poll::Ready(None);
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        drop(answer);
-        let Some(res) = res else {
-            tracing::debug!(peer = %conn.peer, "client left before its answer; request cancelled");
-            return Ok(());
-        };
-        let mut w = match wire.take() {
-            Some(w) => w,
-            None => match home.wait().await {
-                Some(w) => w,
-                None => return Ok(()),
-            },
-        };
-        match std::mem::replace(&mut w.left, Left::Nothing) {
-            Left::Nothing => {}
-            // What is left of a body that was not read is dropped when it
-            // is already here; otherwise the connection closes after the
-            // answer rather than wait for it.
-            Left::Length(n) if n <= w.buf.len() as u64 => w.buf.advance(n as usize),
-            Left::Length(_) | Left::Unknown => keep = false,
-        }
-        if state.refused().is_some() || *shutdown.borrow() || w.eof {
-            keep = false;
-        }
-        let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
-        let (parts, mut body) = res.into_parts();
-        let mut out = Vec::with_capacity(256);
-        let framing = encode_head(&parts, &body, v10, head_request, &mut keep, &mut out);
-        if switching {
-            if let (Some(tx), true) = (switch, parts.headers.contains_key(header::UPGRADE)) {
-                w.io.write_all(&out).await?;
-                w.io.flush().await?;
-                drop(body);
-                // Bytes the client sent after its request belong to the new
-                // protocol.
-                let Wire { io, buf, .. } = *w;
-                let io: Box<dyn Io> =
-                    Box::new(super::proxy_protocol::Prefixed::new(buf.to_vec(), io));
-                let _ = tx.send(io);
-                return Ok(());
-            }
-            // A 101 to a request that did not ask to upgrade is never sent
-            // by the pipeline (issue 10 point 2); nothing is switched.
-            keep = false;
-        }
-        let written = write_body(&mut w.io, out, Pin::new(&mut body), framing, &mut false).await;
-        let clean = match written {
-            Ok(()) => framing != Framing::Close,
-            Err(WriteError::Io(e)) => return Err(e),
-            // The upstream failed part way, or sent other than it declared:
-            // the client must see the answer cut short, never a clean end
-            // (HTTP/1 has no other way to say it).
-            Err(WriteError::Body(e)) => {
-                tracing::debug!(peer = %conn.peer, "response body failed: {e}");
-                false
-            }
-            Err(WriteError::Length) => false,
-        };
-        // The response is done: the request stops counting as in flight
-        // (its log line is written) before the next head is awaited.
-        drop(body);
-        drop(parts);
-        if !(keep && clean) {
-            let _ = tokio::time::timeout(Duration::from_secs(1), w.io.shutdown()).await;
+        // Boxed: the pipeline's future and the response's state are large
+        // and live only while a request is in flight; one allocation per
+        // request, and an idle connection holds only the loop.
+        let next = Box::pin(exchange(
+            head, &mut wire, &home, &handler, &conn, &limits, shutdown,
+        ))
+        .await?;
+        if !next {
             return Ok(());
         }
-        wire = Some(w);
     }
+}
+
+/// One request on the connection: the pipeline's answer, then the response
+/// written. `Ok(true)` when the connection carries another request.
+async fn exchange<H: Handler>(
+    head: Result<framing::Head, ()>,
+    wire: &mut Option<Box<Wire>>,
+    home: &Arc<Home>,
+    handler: &Arc<H>,
+    conn: &Arc<Conn>,
+    limits: &Limits,
+    shutdown: &watch::Receiver<bool>,
+) -> io::Result<bool> {
+    let (mut req, mut keep, body, upgrade, expect) = match head {
+        Ok(h) => (
+            h.req.map(|()| RequestBody::Empty),
+            h.keep_alive,
+            h.body,
+            h.upgrade,
+            h.expect_continue,
+        ),
+        Err(()) => (stand_in(), false, BodyLen::None, false, false),
+    };
+    let v10 = req.version() == Version::HTTP_10;
+    let head_request = req.method() == Method::HEAD;
+    if body != BodyLen::None {
+        let w = wire.take().expect("invariant: held between requests");
+        *req.body_mut() = RequestBody::Stream(Box::pin(H1Body::new(w, body, home.clone(), expect)));
+    }
+    let switch = upgrade.then(|| {
+        let (tx, rx) = oneshot::channel();
+        req.extensions_mut()
+            .insert(PendingUpgrade(Arc::new(Mutex::new(Some(rx)))));
+        tx
+    });
+    let answer = H::handle(handler.clone(), req, conn.clone());
+    tokio::pin!(answer);
+    let res = std::future::poll_fn(|cx| {
+        if let Poll::Ready(Ok(res)) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(res));
+        }
+        // Nobody else reads the connection now: a client that leaves
+        // cancels its request (the pipeline's future is dropped, and the
+        // upstream request with it). What arrives meanwhile is the next
+        // pipelined request, kept up to the head limit.
+        if let Some(w) = wire.as_mut() {
+            while !w.eof && w.buf.len() < limits.max_head {
+                match w.poll_fill(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+                }
+            }
+            if w.eof && w.buf.is_empty() {
+                return Poll::Ready(None);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+    let Some(res) = res else {
+        tracing::debug!(peer = %conn.peer, "client left before its answer; request cancelled");
+        return Ok(false);
+    };
+    let mut w = match wire.take() {
+        Some(w) => w,
+        None => match home.wait().await {
+            Some(w) => w,
+            None => return Ok(false),
+        },
+    };
+    match std::mem::replace(&mut w.left, Left::Nothing) {
+        Left::Nothing => {}
+        // What is left of a body that was not read is dropped when it is
+        // already here; otherwise the connection closes after the answer
+        // rather than wait for it.
+        Left::Length(n) if n <= w.buf.len() as u64 => w.buf.advance(n as usize),
+        Left::Length(_) | Left::Unknown => keep = false,
+    }
+    if conn.state.refused().is_some() || *shutdown.borrow() || w.eof {
+        keep = false;
+    }
+    let switching = res.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let (parts, mut body) = res.into_parts();
+    // Room for a head with the security headers: no growing.
+    let mut out = Vec::with_capacity(1024);
+    let framing = encode_head(&parts, &body, v10, head_request, &mut keep, &mut out);
+    if switching {
+        if let (Some(tx), true) = (switch, parts.headers.contains_key(header::UPGRADE)) {
+            w.io.write_all(&out).await?;
+            w.io.flush().await?;
+            drop(body);
+            // Bytes the client sent after its request belong to the new
+            // protocol.
+            let Wire { io, buf, .. } = *w;
+            let io: Box<dyn Io> = Box::new(super::proxy_protocol::Prefixed::new(buf.to_vec(), io));
+            let _ = tx.send(io);
+            return Ok(false);
+        }
+        // A 101 to a request that did not ask to upgrade is never sent by
+        // the pipeline (issue 10 point 2); nothing is switched.
+        keep = false;
+    }
+    let written = write_body(&mut w.io, out, Pin::new(&mut body), framing, &mut false).await;
+    let clean = match written {
+        Ok(()) => framing != Framing::Close,
+        Err(WriteError::Io(e)) => return Err(e),
+        // The upstream failed part way, or sent other than it declared:
+        // the client must see the answer cut short, never a clean end
+        // (HTTP/1 has no other way to say it).
+        Err(WriteError::Body(e)) => {
+            tracing::debug!(peer = %conn.peer, "response body failed: {e}");
+            false
+        }
+        Err(WriteError::Length) => false,
+    };
+    // The response is done: the request stops counting as in flight (its
+    // log line is written) before the next head is awaited.
+    drop(body);
+    crate::base::recycle::give_back_map(parts.headers);
+    if !(keep && clean) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), w.io.shutdown()).await;
+        return Ok(false);
+    }
+    *wire = Some(w);
+    Ok(true)
 }
 
 /// The request a refused head is answered as: the pipeline finds the

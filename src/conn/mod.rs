@@ -293,7 +293,10 @@ pub(crate) async fn accept_loop<H: Handler>(
                 {
                     match kind {
                         Kind::Http => serve_http1(io, conn, shared.clone(), handler, shutdown).await,
-                        Kind::Https => serve_tls(io, conn, shared.clone(), handler, shutdown).await,
+                        // Boxed: the handshake and HTTP/2's connection
+                        // are large; a plaintext connection's task does
+                        // not carry room for them (issue 13: idle memory).
+                        Kind::Https => Box::pin(serve_tls(io, conn, shared.clone(), handler, shutdown)).await,
                     }
                 }
             };
@@ -451,7 +454,8 @@ async fn serve_tls<I, H: Handler>(
         return;
     }
     if alpn == Some(b"h2") {
-        serve_http2(tls, conn, shared, handler, shutdown).await;
+        // Boxed: HTTP/1 connections over TLS do not carry room for it.
+        Box::pin(serve_http2(tls, conn, shared, handler, shutdown)).await;
     } else {
         serve_http1(tls, conn, shared, handler, shutdown).await;
     }

@@ -348,7 +348,7 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, ExchangeError
     };
     // Sized once for these fields and those the proxy adds to them
     // (security headers, request id; issue 13 point 3).
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len() + 8);
+    let mut headers = crate::base::recycle::header_map(parsed.headers.len() + 8);
     for f in parsed.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| ExchangeError::Protocol("invalid field name"))?;

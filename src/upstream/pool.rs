@@ -150,6 +150,9 @@ impl HttpClient {
             let mut consumed = false;
             match conn.exchange(&parts, &mut body, &mut consumed).await {
                 Ok((head, conn, reuse, kind)) => {
+                    // The request's fields have been written: its map is
+                    // kept for the next head parsed on this thread.
+                    crate::base::recycle::give_back_map(std::mem::take(&mut parts.headers));
                     if head.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let mut res = head.map(|()| h1::ResponseBody::new_empty());
                         res.extensions_mut()
