@@ -102,9 +102,13 @@ pub struct ConnState {
     idle_since: AtomicU64,
     /// When the first byte of a head not yet complete arrived; 0: none.
     head_started: AtomicU64,
-    /// The connection was chosen to make room (connection limit).
-    evicted: AtomicBool,
-    evict: tokio::sync::Notify,
+    /// Why the connection is being closed from outside its task
+    /// ([`Closing`] as `u8`; 0: it is not).
+    closing: AtomicU8,
+    close: tokio::sync::Notify,
+    /// The listener's sweep holds this connection to its idle limits
+    /// (HTTP/1; HTTP/2 keeps its own timer).
+    swept: AtomicBool,
 }
 
 impl Default for ConnState {
@@ -116,10 +120,23 @@ impl Default for ConnState {
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(crate::base::clock::now_nanos()),
             head_started: AtomicU64::new(0),
-            evicted: AtomicBool::new(false),
-            evict: tokio::sync::Notify::new(),
+            closing: AtomicU8::new(0),
+            close: tokio::sync::Notify::new(),
+            swept: AtomicBool::new(false),
         }
     }
+}
+
+/// Why a connection is closed from outside its task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Closing {
+    /// Chosen to make room (the connection limit, issue 10 point 5).
+    Evicted = 1,
+    /// Past `header_timeout` or `keepalive_timeout`.
+    IdleLimit = 2,
+    /// Idle when shutdown was asked.
+    Shutdown = 3,
 }
 
 /// Where a connection stands, for its idle limits.
@@ -202,20 +219,55 @@ impl ConnState {
         self.head_started.load(Ordering::Acquire) != 0
     }
 
-    pub fn is_evicted(&self) -> bool {
-        self.evicted.load(Ordering::Acquire)
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire) != 0
     }
 
-    /// Asks the connection to close to make room for a new one.
-    pub fn evict(&self) {
-        self.evicted.store(true, Ordering::Release);
-        self.evict.notify_one();
+    /// Asks the connection's task to close it, for `why`; the first reason
+    /// given stands.
+    pub fn close(&self, why: Closing) {
+        if self
+            .closing
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.close.notify_one();
+        }
     }
 
-    /// Resolves once [`ConnState::evict`] has been called.
-    pub async fn evicted(&self) {
-        while !self.evicted.load(Ordering::Acquire) {
-            self.evict.notified().await;
+    /// Resolves once [`ConnState::close`] has been called, with the reason.
+    pub async fn closed(&self) -> Closing {
+        loop {
+            match self.closing.load(Ordering::Acquire) {
+                0 => self.close.notified().await,
+                1 => return Closing::Evicted,
+                2 => return Closing::IdleLimit,
+                _ => return Closing::Shutdown,
+            }
+        }
+    }
+
+    /// Puts the connection under the listener's sweep for its idle limits.
+    pub(crate) fn sweep_me(&self) {
+        self.swept.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_swept(&self) -> bool {
+        self.swept.load(Ordering::Acquire)
+    }
+
+    /// When the connection passes one of its idle limits, if it is swept
+    /// and nothing is in flight: the first head within `header` of the
+    /// start, a later head within `header` of its first byte, the wait
+    /// between requests within `keepalive`.
+    pub(crate) fn deadline(&self, header: u64, keepalive: u64) -> Option<u64> {
+        if !self.swept.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.phase() {
+            Phase::Busy => None,
+            Phase::First(t) | Phase::Head(t) => Some(t + header),
+            Phase::Idle(t) => Some(t + keepalive),
         }
     }
 

@@ -353,17 +353,20 @@ impl ClientUpgrade {
 }
 
 /// Serves one HTTP/1 connection until it closes, the client leaves, or
-/// shutdown is requested (an idle connection closes at once; a request in
-/// flight is answered with `Connection: close`).
+/// shutdown is requested: a request in flight is answered with
+/// `Connection: close`, and an idle connection is closed by the server
+/// (`ConnCounts::close_idle`) or here, whichever sees it first.
 pub(crate) async fn serve<H: Handler>(
     io: Box<dyn Stream>,
     conn: Arc<Conn>,
     handler: Arc<H>,
     limits: Limits,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
 ) -> io::Result<()> {
     let state = conn.state.clone();
-    let home = Arc::new(Home::default());
+    // Made on the first request with a body (most connections never
+    // lend the wire, and an idle one should not carry it).
+    let mut home: Option<Arc<Home>> = None;
     let mut wire = Some(Box::new(Wire {
         io,
         buf: BytesMut::new(),
@@ -386,7 +389,7 @@ pub(crate) async fn serve<H: Handler>(
         // and live only while a request is in flight; one allocation per
         // request, and an idle connection holds only the loop.
         let next = Box::pin(exchange(
-            head, &mut wire, &home, &handler, &conn, &limits, shutdown,
+            head, &mut wire, &mut home, &handler, &conn, &limits, shutdown,
         ))
         .await?;
         if !next {
@@ -400,7 +403,7 @@ pub(crate) async fn serve<H: Handler>(
 async fn exchange<H: Handler>(
     head: Result<framing::Head, ()>,
     wire: &mut Option<Box<Wire>>,
-    home: &Arc<Home>,
+    home: &mut Option<Arc<Home>>,
     handler: &Arc<H>,
     conn: &Arc<Conn>,
     limits: &Limits,
@@ -420,7 +423,8 @@ async fn exchange<H: Handler>(
     let head_request = req.method() == Method::HEAD;
     if body != BodyLen::None {
         let w = wire.take().expect("invariant: held between requests");
-        *req.body_mut() = RequestBody::Stream(Box::pin(H1Body::new(w, body, home.clone(), expect)));
+        let home = home.get_or_insert_with(Arc::default).clone();
+        *req.body_mut() = RequestBody::Stream(Box::pin(H1Body::new(w, body, home, expect)));
     }
     let switch = upgrade.then(|| {
         let (tx, rx) = oneshot::channel();
@@ -459,8 +463,11 @@ async fn exchange<H: Handler>(
     };
     let mut w = match wire.take() {
         Some(w) => w,
-        None => match home.wait().await {
-            Some(w) => w,
+        None => match home.as_ref() {
+            Some(home) => match home.wait().await {
+                Some(w) => w,
+                None => return Ok(false),
+            },
             None => return Ok(false),
         },
     };
@@ -531,13 +538,13 @@ fn stand_in() -> Request<RequestBody> {
 }
 
 /// Waits for the next request head: `None` when the client closed (an
-/// incomplete head goes with it) or shutdown came while nothing of a head
-/// had arrived.
+/// incomplete head goes with it) or shutdown has been asked and nothing of
+/// a head has arrived.
 async fn next_head(
     w: &mut Wire,
     state: &framing::ConnState,
     limits: &Limits,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &watch::Receiver<bool>,
 ) -> io::Result<Option<Result<framing::Head, Refusal>>> {
     let mut scan = Scan::default();
     loop {
@@ -561,18 +568,15 @@ async fn next_head(
         if w.eof {
             return Ok(None);
         }
-        let idle = w.buf.is_empty();
-        if idle {
+        if w.buf.is_empty() {
             w.release();
+            // Checked once the connection counts as idle: a shutdown asked
+            // after this finds it idle and closes it from outside.
             if *shutdown.borrow() {
                 return Ok(None);
             }
         }
-        tokio::select! {
-            biased;
-            r = std::future::poll_fn(|cx| w.poll_fill(cx)) => { r?; }
-            () = super::stopped(shutdown), if idle => return Ok(None),
-        }
+        std::future::poll_fn(|cx| w.poll_fill(cx)).await?;
     }
 }
 

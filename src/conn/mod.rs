@@ -22,7 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::base::cidr;
-use crate::conn::framing::{ConnState, Phase};
+use crate::conn::framing::{Closing, ConnState, Phase};
 use crate::runtime::Runtime;
 use http::HeaderValue;
 use proxy_protocol::Prefixed;
@@ -149,6 +149,19 @@ impl ConnCounts {
         self.total.load(Ordering::Relaxed)
     }
 
+    /// Closes every connection that has nothing in flight and no head
+    /// under way: called once shutdown has been asked (connections that
+    /// finish a request later close after it).
+    pub fn close_idle(&self) {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for s in open.values() {
+            // HTTP/1 only: HTTP/2 connections say GOAWAY themselves.
+            if s.is_swept() && matches!(s.phase(), Phase::First(_) | Phase::Idle(_)) {
+                s.close(Closing::Shutdown);
+            }
+        }
+    }
+
     /// Makes room for a new connection when the limit is reached: the
     /// connection idle longest that has nothing in flight (a keep-alive
     /// connection between requests, or one that has not sent a complete
@@ -158,7 +171,7 @@ impl ConnCounts {
         let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let oldest = open
             .values()
-            .filter(|s| !s.is_evicted())
+            .filter(|s| !s.is_closing())
             .filter_map(|s| match s.phase() {
                 Phase::Busy => None,
                 Phase::First(t) | Phase::Idle(t) | Phase::Head(t) => Some((t, s)),
@@ -166,7 +179,7 @@ impl ConnCounts {
             .min_by_key(|(t, _)| *t);
         match oldest {
             Some((_, s)) => {
-                s.evict();
+                s.close(Closing::Evicted);
                 true
             }
             None => false,
@@ -288,8 +301,11 @@ pub(crate) async fn accept_loop<H: Handler>(
                 return;
             };
             let serve = async {
+                // Boxed: admission (the PROXY header's buffer and timer)
+                // happens once; the connection's task should not carry
+                // room for it while the connection idles.
                 if let Some((io, conn)) =
-                    admit(stream, peer, kind, &shared, &state, &mut slot).await
+                    Box::pin(admit(stream, peer, kind, &shared, &state, &mut slot)).await
                 {
                     match kind {
                         Kind::Http => serve_http1(io, conn, shared.clone(), handler, shutdown).await,
@@ -302,9 +318,15 @@ pub(crate) async fn accept_loop<H: Handler>(
             };
             tokio::select! {
                 () = serve => {}
-                () = state.evicted() => {
-                    shared.metrics.connections_evicted.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%peer, "idle connection closed to make room (connection limit)");
+                why = state.closed() => match why {
+                    Closing::Evicted => {
+                        shared.metrics.connections_evicted.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(%peer, "idle connection closed to make room (connection limit)");
+                    }
+                    Closing::IdleLimit => {
+                        tracing::debug!(%peer, "HTTP/1 connection closed at its idle limit");
+                    }
+                    Closing::Shutdown => {}
                 }
             }
         });
@@ -384,24 +406,49 @@ async fn admit(
     Some((io, Arc::new(conn)))
 }
 
-/// Resolves when the connection has passed one of its idle limits: the
-/// first head within `header` of the start, a later head within `header`
-/// of its first byte, the wait between requests within `keepalive`. Never
-/// while a request is in flight. HTTP/2 has no heads to wait for: any time
-/// without a request in flight counts against `keepalive`.
-async fn idle_limit(state: &ConnState, header: Duration, keepalive: Duration, h2: bool) {
+/// Holds every HTTP/1 connection to its idle limits: the first head within
+/// `header_timeout` of the start, a later head within `header_timeout` of
+/// its first byte, the wait between requests within `keepalive_timeout`;
+/// never while a request is in flight. One task for all connections, a
+/// pass every quarter of the shorter limit (at most a second), so a
+/// connection closes at most that much late and an idle one carries no
+/// timer of its own (issue 13: idle memory). Runs until the server stops
+/// it, after the drain.
+pub(crate) async fn sweep(shared: Arc<Context>) {
+    loop {
+        let (header, keepalive) = {
+            let rt = shared.runtime.load();
+            let l = &rt.config.listener;
+            (l.header_timeout, l.keepalive_timeout)
+        };
+        let tick =
+            (header.min(keepalive) / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
+        tokio::time::sleep(tick).await;
+        let now = crate::base::clock::now_nanos();
+        let (header, keepalive) = (header.as_nanos() as u64, keepalive.as_nanos() as u64);
+        let open = shared.conns.open.lock().unwrap_or_else(|e| e.into_inner());
+        for state in open.values() {
+            if state.deadline(header, keepalive).is_some_and(|d| d <= now) {
+                state.close(Closing::IdleLimit);
+            }
+        }
+    }
+}
+
+/// Resolves when an HTTP/2 connection has been without a request in
+/// flight for `keepalive` (HTTP/2 has no heads to wait for; HTTP/1 is held
+/// to its limits by [`sweep`]).
+async fn h2_idle_limit(state: &ConnState, keepalive: Duration) {
     // The phase changes under the timer (a request arrives and ends while
-    // it sleeps), so it never sleeps longer than the shorter limit: a
-    // connection closes at most that much late, for one timer per
-    // connection per limit period instead of one per request.
-    let step = header.min(keepalive).as_nanos() as u64;
+    // it sleeps), so it never sleeps longer than the limit: a connection
+    // closes at most that much late, for one timer per connection per limit
+    // period instead of one per request.
+    let step = keepalive.as_nanos() as u64;
     loop {
         let now = crate::base::clock::now_nanos();
         let deadline = match state.phase() {
             Phase::Busy => now + step,
-            Phase::First(t) | Phase::Idle(t) if h2 => t + keepalive.as_nanos() as u64,
-            Phase::First(t) | Phase::Head(t) => t + header.as_nanos() as u64,
-            Phase::Idle(t) => t + keepalive.as_nanos() as u64,
+            Phase::First(t) | Phase::Idle(t) | Phase::Head(t) => t + step,
         };
         if deadline <= now {
             return;
@@ -466,7 +513,7 @@ async fn serve_http1<I, H: Handler>(
     conn: Arc<Conn>,
     shared: Arc<Context>,
     handler: Arc<H>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     I: h1::Stream,
 {
@@ -479,19 +526,12 @@ async fn serve_http1<I, H: Handler>(
         max_uri: rt.config.max_uri_bytes,
         max_headers: l.max_headers,
     };
-    let (header_timeout, keepalive) = (l.header_timeout, l.keepalive_timeout);
     drop(rt);
     let peer = conn.peer;
-    let state = conn.state.clone();
-    let serve = h1::serve(Box::new(io), conn, handler, limits, &mut shutdown);
-    let result = tokio::select! {
-        r = serve => r,
-        () = idle_limit(&state, header_timeout, keepalive, false) => {
-            tracing::debug!(%peer, "HTTP/1 connection closed at its idle limit");
-            return;
-        }
-    };
-    if let Err(e) = result {
+    // Held to its idle limits by the listener's sweep (`sweep`): one timer
+    // for all connections instead of one in each.
+    conn.state.sweep_me();
+    if let Err(e) = h1::serve(Box::new(io), conn, handler, limits, &shutdown).await {
         tracing::debug!(%peer, "HTTP/1 connection ended: {e}");
     }
 }
@@ -524,7 +564,7 @@ async fn serve_http2<I, H: Handler>(
         .max_local_error_reset_streams(Some(256))
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
-    let (header_timeout, keepalive) = (l.header_timeout, l.keepalive_timeout);
+    let keepalive = l.keepalive_timeout;
     drop(rt);
     let state = conn.state.clone();
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
@@ -538,7 +578,7 @@ async fn serve_http2<I, H: Handler>(
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        () = idle_limit(&state, header_timeout, keepalive, true) => {
+        () = h2_idle_limit(&state, keepalive) => {
             // GOAWAY, then close (RFC 9113 §6.8); nothing is in flight.
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;

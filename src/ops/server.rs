@@ -74,6 +74,9 @@ pub struct Server {
     shutdown: watch::Sender<bool>,
     listeners: Vec<Bound>,
     accept_loops: JoinSet<()>,
+    /// The idle-limit sweep (`conn::sweep`): runs through the drain and
+    /// stops with the server.
+    sweep: Option<tokio_util::task::AbortOnDropHandle<()>>,
     connections: TaskTracker,
     /// The served files' watcher and the ACME manager: a reload that does
     /// not change their settings keeps them (an order in progress runs on).
@@ -241,6 +244,7 @@ impl Server {
             shutdown,
             listeners: Vec::new(),
             accept_loops: JoinSet::new(),
+            sweep: None,
             connections: TaskTracker::new(),
             cert_watch: None,
             acme: None,
@@ -258,6 +262,10 @@ impl Server {
     }
 
     fn serve(&mut self, bound: Vec<(Kind, SocketAddr, tokio::net::TcpListener)>) {
+        if self.sweep.is_none() {
+            let sweep = tokio::spawn(conn::sweep(self.shared.connections.clone()));
+            self.sweep = Some(tokio_util::task::AbortOnDropHandle::new(sweep));
+        }
         for (kind, requested, listener) in bound {
             let Ok(local) = listener.local_addr() else {
                 continue;
@@ -477,6 +485,9 @@ impl Server {
             watch.abort();
         }
         while self.accept_loops.join_next().await.is_some() {}
+        // HTTP/1 connections between requests close now (HTTP/2 ones send
+        // GOAWAY on the shutdown signal).
+        self.shared.connections.conns.close_idle();
         self.connections.close();
         let drained = tokio::time::timeout(grace, self.connections.wait())
             .await
