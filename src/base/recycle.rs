@@ -17,7 +17,9 @@ use http::HeaderMap;
 
 /// Spares kept per thread, of each kind.
 const SPARES: usize = 64;
-/// Maps with room for more fields than this are not kept.
+/// Maps with room for fewer fields than this (too small for most heads)
+/// or more (a rare large head's) are not kept.
+const MIN_FIELDS: usize = 16;
 const MAX_FIELDS: usize = 96;
 /// The read buffer's usual size.
 pub const BUFFER: usize = 8 * 1024;
@@ -31,17 +33,16 @@ thread_local! {
 pub fn header_map(fields: usize) -> HeaderMap {
     let spare = MAPS.with(|m| m.borrow_mut().pop());
     match spare {
-        Some(mut map) => {
-            map.reserve(fields);
-            map
-        }
-        None => HeaderMap::with_capacity(fields),
+        // Growing a map costs more than making one: a spare too small
+        // (an HTTP/2 request's, say) is let go.
+        Some(map) if map.capacity() >= fields => map,
+        _ => HeaderMap::with_capacity(fields),
     }
 }
 
 /// A map that is done with, for [`header_map`] to hand out again.
 pub fn give_back_map(mut map: HeaderMap) {
-    if map.capacity() == 0 || map.capacity() > MAX_FIELDS {
+    if map.capacity() < MIN_FIELDS || map.capacity() > MAX_FIELDS {
         return;
     }
     map.clear();
@@ -95,7 +96,7 @@ mod tests {
         // Not empty: not kept.
         give_back_buffer(buf);
         for _ in 0..SPARES + 10 {
-            give_back_map(HeaderMap::with_capacity(8));
+            give_back_map(HeaderMap::with_capacity(20));
         }
         assert_eq!(MAPS.with(|m| m.borrow().len()), SPARES);
     }

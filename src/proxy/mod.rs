@@ -370,7 +370,11 @@ async fn inner(
     let host = request_host(&req);
     let mut up = prepare_upstream(req, &route, client).map_err(on_route)?;
     read_ahead(&mut up, &route).await.map_err(on_route)?;
-    let res = send(&route, up).await.map_err(on_route)?;
+    // Boxed: sending (retries over the route's servers, the timers, the
+    // upstream exchange) is the largest part of a request's state; on the
+    // heap, the request's own future stays small, which hyper moves as it
+    // hands it to an HTTP/2 stream's task (issue 13 point 3).
+    let res = Box::pin(send(&route, up)).await.map_err(on_route)?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         // Only a protocol the client asked for, on a route that allows it,
         // may be switched to (issue 10 point 2).
@@ -740,11 +744,8 @@ async fn send_once(
     mut req: Request<UpstreamBody>,
 ) -> Result<Response<UpstreamResponse>, ProxyError> {
     let progress = req.body_mut().progress();
-    // Boxed: the exchange's state lives on the heap once instead of
-    // widening (and being moved with) every enclosing future — the
-    // request's whole future is moved several times as hyper hands it on
-    // (issue 13 point 3).
-    let sent = Box::pin(route.client.request(req));
+    // (The caller boxes the whole send: one allocation for it all.)
+    let sent = route.client.request(req);
     let answer = match progress {
         None => tokio::time::timeout(route.timeout, sent).await.ok(),
         Some(p) => after_body(sent, &p, route.timeout).await,
