@@ -381,9 +381,11 @@ def run_ws(wsbench, port, duration):
             "p99": float(r["p99_us"]), "errors": r["errors"]}
 
 
-def run_idle(wsbench, peer, n=10000):
+def run_idle(wsbench, peer, n=10000, tls=False):
     before = status_kib(peer.pids(), "VmRSS")
-    proc = subprocess.Popen(["taskset", "-c", LOAD_CORE, wsbench, "idle", f"127.0.0.1:{peer.http}", str(n)],
+    port = peer.https if tls else peer.http
+    proc = subprocess.Popen(["taskset", "-c", LOAD_CORE, wsbench, "idle", f"127.0.0.1:{port}", str(n)]
+                            + (["tls"] if tls else []),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     ok = line.startswith("ready")
@@ -403,6 +405,7 @@ SCENARIOS = [
     ("h2_tls_small", "HTTP/2 over TLS, 8 conns x 32 streams"),
     ("ws_echo", "WebSocket echo round trips"),
     ("idle_10k", "10,000 idle keep-alive connections"),
+    ("idle_10k_tls", "10,000 idle keep-alive connections over TLS"),
 ]
 
 
@@ -425,6 +428,8 @@ def measure(scenario, peer, wsbench, duration, d):
         # HAProxy cannot hold 10,000 under a 20,000 descriptor limit (see its
         # maxconn); it is measured with 9,000, per connection all the same.
         r = run_idle(wsbench, peer, 9000 if peer.name == "haproxy" else 10000)
+    elif scenario == "idle_10k_tls":
+        r = run_idle(wsbench, peer, 9000 if peer.name == "haproxy" else 10000, tls=True)
     else:
         raise ValueError(scenario)
     user1, sys1 = cpu_seconds(peer.pids())
@@ -508,7 +513,7 @@ def main():
                 if scenario not in args.scenarios.split(","):
                     continue
                 # Idle connections log nothing: one mode is enough.
-                for logs in (modes[:1] if scenario == "idle_10k" else modes):
+                for logs in (modes[:1] if scenario.startswith("idle_10k") else modes):
                     for name in peers:
                         http, https = free_port(), free_port()
                         if name == "gatehouse":

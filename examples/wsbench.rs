@@ -10,7 +10,7 @@
 //!                                        the container test)
 //! wsbench rtt HOST:PORT PATH CONNS SECS [tls]
 //!                                        round trips; prints one JSON line
-//! wsbench idle HOST:PORT N               open N keep-alive connections, one
+//! wsbench idle HOST:PORT N [tls]         open N keep-alive connections, one
 //!                                        request each; print "ready", hold
 //!                                        them until stdin closes
 //! ```
@@ -38,9 +38,12 @@ fn main() {
                 let tls = args.get(6).is_some_and(|a| a == "tls");
                 rtt(&args[2], &args[3], args[4].parse().unwrap(), args[5].parse().unwrap(), tls).await
             }
-            Some("idle") => idle(&args[2], args[3].parse().unwrap()).await,
+            Some("idle") => {
+                let tls = args.get(4).is_some_and(|a| a == "tls");
+                idle(&args[2], args[3].parse().unwrap(), tls).await
+            }
             _ => {
-                eprintln!("usage: wsbench echo ADDR | service ADDR TEXT | rtt HOST:PORT PATH CONNS SECS [tls] | idle HOST:PORT N");
+                eprintln!("usage: wsbench echo ADDR | service ADDR TEXT | rtt HOST:PORT PATH CONNS SECS [tls] | idle HOST:PORT N [tls]");
                 2
             }
         }
@@ -247,11 +250,24 @@ async fn rtt(addr: &str, path: &str, conns: usize, secs: u64, tls: bool) -> i32 
     0
 }
 
-async fn idle(addr: &str, n: usize) -> i32 {
-    let mut held = Vec::with_capacity(n);
+async fn idle(addr: &str, n: usize, tls: bool) -> i32 {
+    trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+    impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Conn for T {}
+    let mut held: Vec<Box<dyn Conn>> = Vec::with_capacity(n);
     let mut buf = vec![0u8; 4096];
+    let connector = tokio_rustls::TlsConnector::from(insecure());
     for _ in 0..n {
-        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let mut s: Box<dyn Conn> = if tls {
+            Box::new(
+                connector
+                    .connect("localhost".try_into().unwrap(), tcp)
+                    .await
+                    .expect("tls"),
+            )
+        } else {
+            Box::new(tcp)
+        };
         s.write_all(b"GET /small HTTP/1.1\r\nHost: localhost\r\n\r\n")
             .await
             .expect("write");

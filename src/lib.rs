@@ -6,9 +6,11 @@
 //!            any read) ─► PROXY header (trusted peers, refused at the
 //!            signature otherwise)
 //!        ─► TLS (ALPN h2 | http/1.1 | acme-tls/1)
-//!        ─► HTTP/1: conn/framing.rs holds each head until complete and checks
-//!            it (refusals become a stand-in request) ─► hyper
-//!           HTTP/2: hyper ─► proxy::handle; idle limits beside both
+//!        ─► HTTP/1: conn::h1, one task per connection: each head parsed
+//!            once (conn::framing, RFC 9112 §6; a refusal is answered by
+//!            the pipeline's status page) ─► proxy::handle ─► response
+//!            written by the loop; idle limits by one sweep (conn::sweep)
+//!           HTTP/2: hyper ─► proxy::handle; its own idle limit
 //! handle():  rt = runtime snapshot (one per request); client = Client::of
 //!            (trusted X-Forwarded-For walk, request id); the request is
 //!            "busy" until its response body ends

@@ -3,6 +3,7 @@
 //! (`upstream::h1`) and response bodies to clients (`conn::h1`).
 
 use std::pin::Pin;
+use std::task::Poll;
 
 use bytes::Bytes;
 use http_body::Body;
@@ -34,6 +35,20 @@ pub enum WriteError<E> {
     Length,
 }
 
+/// Data ready at once is written together, up to this much: a large
+/// answer whose pieces have all arrived goes out in one vectored write
+/// (one TLS flush) instead of one per piece.
+const BATCH: usize = 64 * 1024;
+/// And at most this many pieces.
+const BATCH_PIECES: usize = 16;
+
+/// Part of a batch: bytes of `pending` (head, framing, small data), or a
+/// large piece of data written as it is.
+enum Seg {
+    Pending(std::ops::Range<usize>),
+    Data(Bytes),
+}
+
 /// Writes `pending` (the head, already encoded) and `body` framed as
 /// `framing`, with backpressure, then flushes. `polled` turns true once
 /// the body has been asked for anything (it cannot be sent again).
@@ -54,50 +69,65 @@ where
         _ => None,
     };
     let mut trailers = None;
-    let io = WriteError::Io;
+    // Large pieces waiting to be written with what is in `pending`.
+    let mut segs: Vec<Seg> = Vec::new();
+    let mut mark = 0;
+    let mut batched = 0;
     if framing != Framing::None {
-        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
-            *polled = true;
-            let data = match frame.map_err(WriteError::Body)?.into_data() {
-                Ok(data) => data,
-                Err(frame) => {
-                    if let Ok(t) = frame.into_trailers() {
-                        trailers = Some(t);
+        loop {
+            // Wait for a piece, then take whatever else is ready now.
+            let mut frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+            let mut ended = false;
+            loop {
+                *polled = true;
+                let Some(f) = frame else {
+                    ended = true;
+                    break;
+                };
+                match f.map_err(WriteError::Body)?.into_data() {
+                    Ok(data) if !data.is_empty() => {
+                        if let Some(left) = left.as_mut() {
+                            *left = left
+                                .checked_sub(data.len() as u64)
+                                .ok_or(WriteError::Length)?;
+                        }
+                        batched += data.len();
+                        if chunked {
+                            crate::base::fmt::push_hex(&mut pending, data.len());
+                            pending.extend_from_slice(b"\r\n");
+                        }
+                        if data.len() <= COALESCE {
+                            pending.extend_from_slice(&data);
+                        } else {
+                            segs.push(Seg::Pending(mark..pending.len()));
+                            segs.push(Seg::Data(data));
+                            mark = pending.len();
+                        }
+                        if chunked {
+                            pending.extend_from_slice(b"\r\n");
+                        }
                     }
-                    continue;
+                    Ok(_) => {}
+                    Err(f) => {
+                        if let Ok(t) = f.into_trailers() {
+                            trailers = Some(t);
+                        }
+                    }
                 }
-            };
-            if data.is_empty() {
-                continue;
-            }
-            if let Some(left) = left.as_mut() {
-                *left = left
-                    .checked_sub(data.len() as u64)
-                    .ok_or(WriteError::Length)?;
-            }
-            if chunked {
-                crate::base::fmt::push_hex(&mut pending, data.len());
-                pending.extend_from_slice(b"\r\n");
-            }
-            if data.len() <= COALESCE {
-                pending.extend_from_slice(&data);
-                if chunked {
-                    pending.extend_from_slice(b"\r\n");
+                if batched >= BATCH || segs.len() >= 2 * BATCH_PIECES {
+                    break;
                 }
-                w.write_all(&pending).await.map_err(io)?;
-                pending.clear();
-            } else {
-                if !pending.is_empty() {
-                    w.write_all(&pending).await.map_err(io)?;
-                    pending.clear();
-                }
-                w.write_all(&data).await.map_err(io)?;
-                if chunked {
-                    pending.extend_from_slice(b"\r\n");
+                match std::future::poll_fn(|cx| Poll::Ready(body.as_mut().poll_frame(cx))).await {
+                    Poll::Ready(next) => frame = next,
+                    Poll::Pending => break,
                 }
             }
+            if ended {
+                break;
+            }
+            write_batch(w, &mut pending, &mut segs, &mut mark).await?;
+            batched = 0;
         }
-        *polled = true;
     }
     if left.is_some_and(|n| n != 0) {
         return Err(WriteError::Length);
@@ -111,10 +141,59 @@ where
         }
         pending.extend_from_slice(b"\r\n");
     }
-    if !pending.is_empty() {
-        w.write_all(&pending).await.map_err(io)?;
+    write_batch(w, &mut pending, &mut segs, &mut mark).await?;
+    w.flush().await.map_err(WriteError::Io)
+}
+
+/// Writes a batch: one vectored write where the stream takes them (TCP,
+/// TLS), else piece by piece.
+async fn write_batch<W, E>(
+    w: &mut W,
+    pending: &mut Vec<u8>,
+    segs: &mut Vec<Seg>,
+    mark: &mut usize,
+) -> Result<(), WriteError<E>>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    let io = WriteError::Io;
+    if segs.is_empty() {
+        if !pending.is_empty() {
+            w.write_all(pending).await.map_err(io)?;
+        }
+    } else {
+        segs.push(Seg::Pending(*mark..pending.len()));
+        fn piece<'a>(pending: &'a [u8], s: &'a Seg) -> &'a [u8] {
+            match s {
+                Seg::Pending(r) => &pending[r.clone()],
+                Seg::Data(d) => d,
+            }
+        }
+        if w.is_write_vectored() {
+            let mut slices: Vec<std::io::IoSlice<'_>> = segs
+                .iter()
+                .map(|s| piece(pending, s))
+                .filter(|b| !b.is_empty())
+                .map(std::io::IoSlice::new)
+                .collect();
+            let mut bufs = &mut slices[..];
+            while !bufs.is_empty() {
+                let n = w.write_vectored(bufs).await.map_err(io)?;
+                if n == 0 {
+                    return Err(WriteError::Io(std::io::ErrorKind::WriteZero.into()));
+                }
+                std::io::IoSlice::advance_slices(&mut bufs, n);
+            }
+        } else {
+            for s in segs.iter() {
+                w.write_all(piece(pending, s)).await.map_err(io)?;
+            }
+        }
+        segs.clear();
     }
-    w.flush().await.map_err(io)
+    pending.clear();
+    *mark = 0;
+    Ok(())
 }
 
 /// `name: value` and its line end.

@@ -329,7 +329,8 @@ impl Builder<'_> {
             Some(v) => {
                 let n = parse_size(v.get_ref())
                     .map_err(|m| self.err(v.span(), "max_header_bytes", m))?;
-                // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+                // Below 8 KiB ordinary browser heads (cookies) would be
+                // refused; above 16 MiB a head is an attack.
                 if !(8192..=16 * 1024 * 1024).contains(&n) {
                     return Err(self.err(
                         v.span(),
