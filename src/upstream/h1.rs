@@ -19,7 +19,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::base::content_length::ContentLength;
@@ -506,13 +506,7 @@ impl ResponseBody {
             return Poll::Ready(Ok(0));
         };
         conn.buf.reserve(want);
-        let spare = conn.buf.spare_capacity_mut();
-        let mut rb = ReadBuf::uninit(spare);
-        ready!(Pin::new(&mut conn.io).poll_read(cx, &mut rb))?;
-        let n = rb.filled().len();
-        // SAFETY: `poll_read` initialised `n` bytes of the spare capacity.
-        unsafe { conn.buf.set_len(conn.buf.len() + n) };
-        Poll::Ready(Ok(n))
+        tokio_util::io::poll_read_buf(Pin::new(&mut conn.io), cx, &mut conn.buf)
     }
 
     fn buf(&mut self) -> &mut BytesMut {
