@@ -612,15 +612,21 @@ fn encode_head<B: Body>(
         Framing::Chunked
     };
     let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    // RFC 9110 §8.6, RFC 9112 §6.1: no length or coding in a 1xx or 204.
+    let never_framed = status.is_informational() || status == StatusCode::NO_CONTENT;
     let h = &parts.headers;
+    let mut dated = false;
+    let mut length_given = false;
     for (name, value) in h {
         // The framing written is this side's; what the response carried
         // (an upstream's length, say) is replaced, except where no body
         // follows and its length describes the body a GET would get.
         let framing_field = *name == header::CONTENT_LENGTH || *name == header::TRANSFER_ENCODING;
-        if framing_field && framing != Framing::None {
+        if framing_field && (framing != Framing::None || never_framed) {
             continue;
         }
+        length_given |= *name == header::CONTENT_LENGTH;
+        dated |= *name == header::DATE;
         if *name == header::CONNECTION && !switching {
             // The pipeline's `Connection: close` (after a 400, say, RFC
             // 9112 §9.6) closes the connection; the field is written below.
@@ -635,7 +641,7 @@ fn encode_head<B: Body>(
         }
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !h.contains_key(header::DATE) {
+    if !dated {
         out.extend_from_slice(b"date: ");
         crate::base::clock::http_date(out);
         out.extend_from_slice(b"\r\n");
@@ -647,7 +653,7 @@ fn encode_head<B: Body>(
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        Framing::None if head_request && !bodiless && !h.contains_key(header::CONTENT_LENGTH) => {
+        Framing::None if head_request && !bodiless && !length_given => {
             // HEAD: the length a GET's body would have, when it is known.
             if let Some(n) = exact.filter(|n| *n > 0) {
                 out.extend_from_slice(b"content-length: ");

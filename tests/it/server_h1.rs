@@ -256,3 +256,26 @@ async fn head_answers_carry_the_length_and_no_body() {
     assert_eq!(get.body, b"twelve bytes");
     px.stop().await;
 }
+
+#[tokio::test]
+async fn no_length_or_coding_goes_out_with_a_204() {
+    // An upstream that sends `Content-Length` with its 204 (RFC 9110 §8.6
+    // says it must not): the client gets the 204 without it.
+    let up = answering(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX-Up: 1\r\n\r\n").await;
+    let px = Proxy::start(&format!(
+        "force_https_redirect = false\n{}",
+        route("/", &format!("http://{up}"), "")
+    ))
+    .await;
+    let mut s = within(TcpStream::connect(px.http)).await.unwrap();
+    within(s.write_all(b"DELETE /x HTTP/1.1\r\nHost: h\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let a = answer(&mut s, &mut buf, false).await;
+    assert!(a.head.starts_with("HTTP/1.1 204"), "{a:?}");
+    assert_eq!(a.header("x-up"), Some("1"));
+    assert_eq!(a.header("content-length"), None, "{a:?}");
+    assert_eq!(a.header("transfer-encoding"), None, "{a:?}");
+    px.stop().await;
+}
