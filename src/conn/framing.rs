@@ -33,6 +33,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use crate::base::content_length::ContentLength;
+use crate::base::header_names::list_has;
 
 /// Why a request head was refused before hyper saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,9 +272,11 @@ impl ConnState {
         }
     }
 
-    /// Records that head `at` (1-based) was refused: the pipeline answers
-    /// that request with the refusal's status page.
-    pub(crate) fn refuse(&self, at: u64, why: Refusal) {
+    /// Records that the next HTTP/1 request (the one the pipeline starts
+    /// next, [`ConnState::next_h1`]) was refused: the pipeline answers it
+    /// with the refusal's status page.
+    pub(crate) fn refuse_next(&self, why: Refusal) {
+        let at = self.served.load(Ordering::Relaxed) + 1;
         if self
             .refused_at
             .compare_exchange(0, at, Ordering::AcqRel, Ordering::Acquire)
@@ -453,11 +456,8 @@ fn parse_head(head: Bytes, max_headers: usize) -> Result<Head, Refusal> {
         } else if name == http::header::UPGRADE {
             upgrade = true;
         } else if name == http::header::CONNECTION {
-            for token in f.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-            }
+            close |= list_has(f.value, b"close");
+            keep_alive |= list_has(f.value, b"keep-alive");
         } else if name == http::header::EXPECT {
             expect_continue |= f.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }

@@ -38,6 +38,7 @@ use tokio::sync::{oneshot, watch};
 use super::framing::{self, BodyLen, Limits, Refusal, Scan};
 use super::{Conn, Handler};
 use crate::base::framed::{push_field, write_body, Framing, WriteError};
+use crate::base::header_names::list_has;
 use crate::upstream::body::{BoxError, RequestBody};
 use crate::upstream::h1::{chunked_step, Chunk, Step};
 
@@ -372,7 +373,6 @@ pub(crate) async fn serve<H: Handler>(
         eof: false,
         left: Left::Nothing,
     }));
-    let mut heads = 0u64;
     loop {
         let w = wire
             .as_mut()
@@ -380,10 +380,7 @@ pub(crate) async fn serve<H: Handler>(
         let Some(head) = next_head(w, &state, &limits, shutdown).await? else {
             return Ok(());
         };
-        heads += 1;
-        let head = head.map_err(|why| {
-            state.refuse(heads, why);
-        });
+        let head = head.map_err(|why| state.refuse_next(why)).ok();
         // Boxed: the pipeline's future and the response's state are large
         // and live only while a request is in flight; one allocation per
         // request, and an idle connection holds only the loop.
@@ -400,7 +397,7 @@ pub(crate) async fn serve<H: Handler>(
 /// One request on the connection: the pipeline's answer, then the response
 /// written. `Ok(true)` when the connection carries another request.
 async fn exchange<H: Handler>(
-    head: Result<framing::Head, ()>,
+    head: Option<framing::Head>,
     wire: &mut Option<Box<Wire>>,
     home: &mut Option<Arc<Home>>,
     handler: &Arc<H>,
@@ -409,14 +406,16 @@ async fn exchange<H: Handler>(
     shutdown: &watch::Receiver<bool>,
 ) -> io::Result<bool> {
     let (mut req, mut keep, body, upgrade, expect) = match head {
-        Ok(h) => (
+        Some(h) => (
             h.req.map(|()| RequestBody::Empty),
             h.keep_alive,
             h.body,
             h.upgrade,
             h.expect_continue,
         ),
-        Err(()) => (stand_in(), false, BodyLen::None, false, false),
+        // Refused (recorded above): the stand-in is answered and the
+        // connection closes.
+        None => (stand_in(), false, BodyLen::None, false, false),
     };
     let v10 = req.version() == Version::HTTP_10;
     let head_request = req.method() == Method::HEAD;
@@ -630,11 +629,7 @@ fn encode_head<B: Body>(
         if *name == header::CONNECTION && !switching {
             // The pipeline's `Connection: close` (after a 400, say, RFC
             // 9112 §9.6) closes the connection; the field is written below.
-            if value
-                .as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-            {
+            if list_has(value.as_bytes(), b"close") {
                 *keep = false;
             }
             continue;

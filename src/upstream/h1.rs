@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use crate::base::content_length::ContentLength;
 use crate::base::fmt::push_decimal;
 use crate::base::framed::{self, Framing, WriteError};
+use crate::base::header_names::{list_has, trim_ows};
 use crate::upstream::body::{BoxError, UpstreamBody};
 
 /// A response head larger than this is refused (hyper's client allowed
@@ -253,18 +254,6 @@ fn content_length(h: &HeaderMap) -> Option<Option<u64>> {
     any.then(|| cl.get())
 }
 
-fn trim(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|c| !matches!(c, b' ' | b'\t'))
-        .unwrap_or(b.len());
-    let end = b
-        .iter()
-        .rposition(|c| !matches!(c, b' ' | b'\t'))
-        .map_or(start, |e| e + 1);
-    &b[start..end]
-}
-
 /// The head (already in `pending`) and the body, framed.
 async fn write_body<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -398,7 +387,7 @@ fn framing_of(res: &Response<()>, head_request: bool) -> Result<(BodyKind, Reuse
             .iter()
             .next_back()
             .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-            .is_some_and(|last| trim(last).eq_ignore_ascii_case(b"chunked"));
+            .is_some_and(|last| trim_ows(last).eq_ignore_ascii_case(b"chunked"));
         if chunked_last {
             return Ok((BodyKind::Chunked, reuse));
         }
@@ -416,11 +405,9 @@ fn framing_of(res: &Response<()>, head_request: bool) -> Result<(BodyKind, Reuse
 }
 
 fn connection_has(h: &HeaderMap, token: &str) -> bool {
-    h.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
-    })
+    h.get_all(header::CONNECTION)
+        .iter()
+        .any(|v| list_has(v.as_bytes(), token.as_bytes()))
 }
 
 /// Where a finished connection goes: back to its pool, or closed.
@@ -679,7 +666,7 @@ fn find_crlf(b: &[u8]) -> Option<usize> {
 /// (RFC 9112 §7.1.1), which are ignored.
 pub fn parse_chunk_size(line: &[u8]) -> Result<u64, &'static str> {
     let digits = line.split(|b| *b == b';').next().unwrap_or(&[]);
-    let digits = trim(digits);
+    let digits = trim_ows(digits);
     if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return Err("invalid chunk size");
     }
