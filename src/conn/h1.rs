@@ -38,6 +38,7 @@ use tokio::sync::{oneshot, watch};
 use super::framing::{self, BodyLen, Limits, Refusal, Scan};
 use super::{Conn, Handler};
 use crate::base::framed::{push_field, write_body, Framing, WriteError};
+use crate::base::head_fields::WithFields;
 use crate::base::header_names::list_has;
 use crate::upstream::body::{BoxError, RequestBody};
 use crate::upstream::h1::{chunked_step, Chunk, Step};
@@ -582,7 +583,7 @@ async fn next_head(
 /// framing (RFC 9112 §6): a known length is declared, an unknown one is
 /// chunked for HTTP/1.1 and delimited by closing for HTTP/1.0. Clears
 /// `keep` when the connection cannot carry another request after this.
-fn encode_head<B: Body>(
+fn encode_head<B: Body + WithFields>(
     parts: &http::response::Parts,
     body: &B,
     v10: bool,
@@ -614,6 +615,8 @@ fn encode_head<B: Body>(
     // RFC 9110 §8.6, RFC 9112 §6.1: no length or coding in a 1xx or 204.
     let never_framed = status.is_informational() || status == StatusCode::NO_CONTENT;
     let h = &parts.headers;
+    let fields = body.head_fields();
+    let mut seen = 0;
     let mut dated = false;
     let mut length_given = false;
     for (name, value) in h {
@@ -634,6 +637,9 @@ fn encode_head<B: Body>(
             }
             continue;
         }
+        if fields.gives_way(name, &mut seen) {
+            continue;
+        }
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !dated {
@@ -641,6 +647,7 @@ fn encode_head<B: Body>(
         crate::base::clock::http_date(out);
         out.extend_from_slice(b"\r\n");
     }
+    fields.write(h, seen, out);
     match framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");

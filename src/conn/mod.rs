@@ -43,7 +43,10 @@ pub struct Context {
 /// this layer, statically dispatched (no boxed future per request).
 pub(crate) trait Handler: Send + Sync + 'static {
     /// The response body the pipeline answers with.
+    /// Its fields beside the map's are written into HTTP/1 heads
+    /// ([`crate::base::head_fields`]).
     type Body: http_body::Body<Data = bytes::Bytes, Error = crate::upstream::body::BoxError>
+        + crate::base::head_fields::WithFields
         + Send
         + Unpin
         + 'static;

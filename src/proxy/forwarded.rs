@@ -1,7 +1,10 @@
 //! Request and response header rewriting: hop-by-hop removal and the
-//! `X-Forwarded-*` family. Pure functions over a `HeaderMap`.
+//! `X-Forwarded-*` family, written into the upstream request's head.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::base::framed::push_field;
+use crate::base::head_fields::HeadFields;
 
 pub(crate) use crate::base::header_names::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PORT, X_FORWARDED_PREFIX, X_FORWARDED_PROTO,
@@ -93,8 +96,9 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
         .map_or(0, |i| 1 << i)
 }
 
-/// What the proxy observed about the client's connection.
-pub struct Observed<'a> {
+/// What the proxy observed about the client's connection, and the
+/// request's id: the fields every upstream request carries.
+pub struct Forwarding<'a> {
     /// The client address, already rendered.
     pub client_ip: &'a HeaderValue,
     /// `http` or `https`: the scheme the request arrived over.
@@ -104,67 +108,73 @@ pub struct Observed<'a> {
     pub prefix: Option<&'a HeaderValue>,
     pub mode: ForwardedFor,
     pub https: bool,
+    pub request_id: &'a HeaderValue,
 }
 
-/// Sets the forwarding headers sent upstream. The client's own
-/// `X-Real-IP`/`X-Forwarded-*` are replaced, never trusted (AliasVault
-/// #2325: appending let a client spoof its address), unless the route asks
-/// for `forwarded_for = "append"`.
-pub fn set_forwarding(headers: &mut HeaderMap, o: &Observed<'_>) {
-    headers.insert(&X_REAL_IP, o.client_ip.clone());
-    match o.mode {
-        ForwardedFor::Replace => {
-            headers.insert(&X_FORWARDED_FOR, o.client_ip.clone());
-        }
-        ForwardedFor::Append => {
-            let mut list = Vec::new();
+/// The fields [`Forwarding`] writes; the client's own are never passed on.
+static FORWARDING: [&HeaderName; 7] = [
+    &X_REAL_IP,
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_FORWARDED_PORT,
+    &X_FORWARDED_PREFIX,
+    &crate::base::header_names::X_REQUEST_ID,
+];
+
+/// The forwarding fields sent upstream, written into the request head after
+/// the client's fields (issue 13: not through the map). The client's own
+/// `X-Real-IP`/`X-Forwarded-*`/`X-Request-Id` are replaced, never trusted
+/// (AliasVault #2325: appending let a client spoof its address), unless the
+/// route asks for `forwarded_for = "append"`, where the client's
+/// `X-Forwarded-For` list is kept in front of the address.
+impl HeadFields for Forwarding<'_> {
+    fn gives_way(&self, name: &HeaderName, _: &mut u64) -> bool {
+        // All seven are `x-` names of 9 to 18 bytes: most fields are told
+        // apart by their length or first bytes.
+        let s = name.as_str().as_bytes();
+        (9..=18).contains(&s.len())
+            && s.starts_with(b"x-")
+            && FORWARDING.iter().any(|n| n.as_str().as_bytes() == s)
+    }
+
+    fn write(&self, headers: &HeaderMap, _: u64, out: &mut Vec<u8>) {
+        let ip = self.client_ip.as_bytes();
+        push_field(out, b"x-real-ip", ip);
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if self.mode == ForwardedFor::Append {
             for v in headers.get_all(&X_FORWARDED_FOR) {
-                if !list.is_empty() {
-                    list.extend_from_slice(b", ");
-                }
-                list.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(v.as_bytes());
+                out.extend_from_slice(b", ");
             }
-            if !list.is_empty() {
-                list.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(ip);
+        out.extend_from_slice(b"\r\n");
+        push_field(out, b"x-forwarded-proto", self.proto.as_bytes());
+        let port: &[u8] = match self.host {
+            Some(host) => {
+                push_field(out, b"x-forwarded-host", host.as_bytes());
+                port_of(host.as_bytes(), self.https)
             }
-            list.extend_from_slice(o.client_ip.as_bytes());
-            let v = HeaderValue::from_bytes(&list).unwrap_or_else(|_| o.client_ip.clone());
-            headers.insert(&X_FORWARDED_FOR, v);
+            None if self.https => b"443",
+            None => b"80",
+        };
+        push_field(out, b"x-forwarded-port", port);
+        if let Some(p) = self.prefix {
+            push_field(out, b"x-forwarded-prefix", p.as_bytes());
         }
-    }
-    headers.insert(&X_FORWARDED_PROTO, o.proto.clone());
-    match o.host {
-        Some(host) => {
-            headers.insert(&X_FORWARDED_HOST, host.clone());
-            headers.insert(&X_FORWARDED_PORT, forwarded_port(host.as_bytes(), o.https));
-        }
-        None => {
-            headers.remove(&X_FORWARDED_HOST);
-            headers.insert(
-                &X_FORWARDED_PORT,
-                HeaderValue::from_static(if o.https { "443" } else { "80" }),
-            );
-        }
-    }
-    match o.prefix {
-        Some(p) => {
-            headers.insert(&X_FORWARDED_PREFIX, p.clone());
-        }
-        None => {
-            headers.remove(&X_FORWARDED_PREFIX);
-        }
+        push_field(out, b"x-request-id", self.request_id.as_bytes());
     }
 }
 
 /// The port the client connected to as it sees it: the one in its Host, or
 /// the scheme's default. Behind Docker's port mapping this is the public
 /// port, which is what an app needs to build its own URLs (AliasVault #940).
-pub(crate) fn forwarded_port(host: &[u8], https: bool) -> HeaderValue {
+fn port_of(host: &[u8], https: bool) -> &[u8] {
     match split_port(host) {
-        Some(port) if !port.is_empty() && port.iter().all(u8::is_ascii_digit) => {
-            HeaderValue::from_bytes(port).unwrap_or_else(|_| HeaderValue::from_static("443"))
-        }
-        _ => HeaderValue::from_static(if https { "443" } else { "80" }),
+        Some(port) if !port.is_empty() && port.iter().all(u8::is_ascii_digit) => port,
+        _ if https => b"443",
+        _ => b"80",
     }
 }
 
@@ -297,55 +307,107 @@ mod tests {
         assert!(h.is_empty(), "{h:?}");
     }
 
+    /// The fields an upstream request carries: the map's that stay, then
+    /// the forwarding fields, as the HTTP/1 writer puts them on the wire.
+    fn sent(h: &HeaderMap, f: &Forwarding<'_>) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut seen = 0;
+        for (name, value) in h {
+            if !f.gives_way(name, &mut seen) {
+                push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        f.write(h, seen, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with("\r\n"), "{text:?}");
+        text.trim_end_matches("\r\n")
+            .split("\r\n")
+            .map(|line| {
+                let (n, v) = line.split_once(": ").expect("name: value");
+                (n.to_string(), v.to_string())
+            })
+            .collect()
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[test]
     fn forwarding_replaces_spoofed_values() {
         let ip = HeaderValue::from_static("203.0.113.7");
         let https = HeaderValue::from_static("https");
         let host = HeaderValue::from_static("vault.example.com:8443");
         let prefix = HeaderValue::from_static("/admin/");
-        let mut h = map(&[
+        let id = HeaderValue::from_static("0123abcd");
+        let h = map(&[
             ("x-forwarded-for", "1.2.3.4"),
+            ("accept", "*/*"),
             ("x-real-ip", "1.2.3.4"),
             ("x-forwarded-prefix", "/evil"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-port", "1"),
+            ("x-request-id", "chosen-by-the-client"),
+            ("x-forwarded-by", "kept"),
         ]);
-        let o = Observed {
+        let f = Forwarding {
             client_ip: &ip,
             proto: &https,
             host: Some(&host),
             prefix: Some(&prefix),
             mode: ForwardedFor::Replace,
             https: true,
+            request_id: &id,
         };
-        set_forwarding(&mut h, &o);
-        assert_eq!(h["x-forwarded-for"], "203.0.113.7");
-        assert_eq!(h["x-real-ip"], "203.0.113.7");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["x-forwarded-host"], "vault.example.com:8443");
-        assert_eq!(h["x-forwarded-port"], "8443");
-        assert_eq!(h["x-forwarded-prefix"], "/admin/");
+        assert_eq!(
+            sent(&h, &f),
+            pairs(&[
+                ("accept", "*/*"),
+                ("x-forwarded-by", "kept"),
+                ("x-real-ip", "203.0.113.7"),
+                ("x-forwarded-for", "203.0.113.7"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "vault.example.com:8443"),
+                ("x-forwarded-port", "8443"),
+                ("x-forwarded-prefix", "/admin/"),
+                ("x-request-id", "0123abcd"),
+            ])
+        );
 
         let mut h = map(&[
             ("x-forwarded-for", "1.2.3.4"),
-            ("x-forwarded-for", "5.6.7.8"),
             ("x-forwarded-prefix", "/evil"),
         ]);
-        let o = Observed {
+        h.append("x-forwarded-for", HeaderValue::from_static("5.6.7.8"));
+        let f = Forwarding {
             prefix: None,
+            host: None,
             mode: ForwardedFor::Append,
-            ..o
+            ..f
         };
-        set_forwarding(&mut h, &o);
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 203.0.113.7");
-        assert!(!h.contains_key("x-forwarded-prefix"));
+        assert_eq!(
+            sent(&h, &f),
+            pairs(&[
+                ("x-real-ip", "203.0.113.7"),
+                ("x-forwarded-for", "1.2.3.4, 5.6.7.8, 203.0.113.7"),
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-port", "443"),
+                ("x-request-id", "0123abcd"),
+            ])
+        );
     }
 
     #[test]
     fn ports_and_hosts() {
-        assert_eq!(forwarded_port(b"example.com", true), "443");
-        assert_eq!(forwarded_port(b"example.com", false), "80");
-        assert_eq!(forwarded_port(b"example.com:8443", true), "8443");
-        assert_eq!(forwarded_port(b"[::1]:9000", false), "9000");
-        assert_eq!(forwarded_port(b"[::1]", true), "443");
+        assert_eq!(port_of(b"example.com", true), b"443");
+        assert_eq!(port_of(b"example.com", false), b"80");
+        assert_eq!(port_of(b"example.com:8443", true), b"8443");
+        assert_eq!(port_of(b"[::1]:9000", false), b"9000");
+        assert_eq!(port_of(b"[::1]", true), b"443");
+        assert_eq!(port_of(b"example.com:", false), b"80");
         assert_eq!(host_without_port("example.com:8080"), "example.com");
         assert_eq!(host_without_port("[::1]:8080"), "[::1]");
         assert_eq!(host_without_port("[::1]"), "[::1]");

@@ -30,7 +30,7 @@ use crate::upstream::body::{caused_by, BodyTooLarge, ClientBodyError, UpstreamBo
 use crate::upstream::pool::UpstreamResponse;
 use response::ResponseBody;
 
-pub(crate) static X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+pub(crate) use crate::base::header_names::X_REQUEST_ID;
 
 /// The reserved path of RFC 8555 §8.3 (HTTP-01 challenges).
 pub(crate) const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -105,6 +105,24 @@ impl Client {
             forwarded_host,
             request_id,
             bytes_in,
+        }
+    }
+
+    /// The forwarding fields of this client's request on `route`; `host`
+    /// is the one it addressed ([`request_host`]).
+    pub(crate) fn forwarding<'a>(
+        &'a self,
+        route: &'a RouteRt,
+        host: Option<&'a HeaderValue>,
+    ) -> forwarded::Forwarding<'a> {
+        forwarded::Forwarding {
+            client_ip: &self.ip_header,
+            proto: &self.proto,
+            host: self.forwarded_host.as_ref().or(host),
+            prefix: route.forwarded_prefix.as_ref(),
+            mode: route.forwarded_for,
+            https: self.https,
+            request_id: &self.request_id,
         }
     }
 }
@@ -221,9 +239,11 @@ pub(crate) async fn handle(
         }
     };
     res.body_mut().set_busy(busy);
-    rt.headers.apply(res.headers_mut(), conn.tls);
-    res.headers_mut()
-        .insert(&X_REQUEST_ID, client.request_id.clone());
+    if !h1 {
+        rt.headers.apply(res.headers_mut(), conn.tls);
+        res.headers_mut()
+            .insert(&X_REQUEST_ID, client.request_id.clone());
+    }
     let status = res.status().as_u16();
     let head_time = started.elapsed();
     match &chosen {
@@ -251,6 +271,16 @@ pub(crate) async fn handle(
                 bytes_in: client.bytes_in.clone().unwrap_or_default(),
                 bytes_out: 0,
             }));
+    }
+    if h1 {
+        // The HTTP/1 writer adds the security fields and the request id
+        // from bytes as it writes the head (issue 13).
+        res.body_mut()
+            .set_fields(crate::proxy::response::ResponseFields {
+                runtime: rt,
+                https: conn.tls,
+                request_id: client.request_id,
+            });
     }
     Ok(res)
 }
@@ -368,13 +398,16 @@ async fn inner(
     };
     let method = req.method().clone();
     let host = request_host(&req);
-    let mut up = prepare_upstream(req, &route, client).map_err(on_route)?;
+    let mut up = prepare_upstream(req, &route, client, host.as_ref()).map_err(on_route)?;
     read_ahead(&mut up, &route).await.map_err(on_route)?;
+    let fields = client.forwarding(&route, host.as_ref());
     // Boxed: sending (retries over the route's servers, the timers, the
     // upstream exchange) is the largest part of a request's state; on the
     // heap, the request's own future stays small, which hyper moves as it
     // hands it to an HTTP/2 stream's task (issue 13 point 3).
-    let res = Box::pin(send(&route, up)).await.map_err(on_route)?;
+    let res = Box::pin(send(&route, up, &fields))
+        .await
+        .map_err(on_route)?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         // Only a protocol the client asked for, on a route that allows it,
         // may be switched to (issue 10 point 2).
@@ -592,12 +625,14 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// Turns the client's request into the upstream's: same method, path and
-/// query byte for byte, the client's Host, hop-by-hop fields removed and the
-/// forwarding headers set. Runs once per proxied request.
+/// query byte for byte, the client's Host (`host`, from [`request_host`]),
+/// hop-by-hop fields removed. The forwarding fields are written with its
+/// head ([`Client::forwarding`]). Runs once per proxied request.
 pub(crate) fn prepare_upstream(
     req: Request<RequestBody>,
     route: &RouteRt,
     client: &Client,
+    host: Option<&HeaderValue>,
 ) -> Result<Request<UpstreamBody>, ProxyError> {
     let limit = route.max_body;
     let counter = client.bytes_in.clone();
@@ -605,7 +640,7 @@ pub(crate) fn prepare_upstream(
     prepare_upstream_with(
         req.map(|b| UpstreamBody::new(b, limit, idle, counter)),
         route,
-        client,
+        host,
     )
 }
 
@@ -613,10 +648,12 @@ pub(crate) fn prepare_upstream(
 pub(crate) fn prepare_upstream_with<B>(
     req: Request<B>,
     route: &RouteRt,
-    client: &Client,
+    host: Option<&HeaderValue>,
 ) -> Result<Request<B>, ProxyError> {
-    let host = request_host(&req);
     let (mut parts, body) = req.into_parts();
+    // The Host in the map is the one meant unless the target named the
+    // authority (HTTP/2's `:authority`, or an absolute-form target).
+    let host_from_target = parts.uri.authority().is_some();
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = Some(route.upstream.authority.clone());
@@ -640,24 +677,13 @@ pub(crate) fn prepare_upstream_with<B>(
     if from_h2 {
         forwarded::join_cookies(h);
     }
-    match &host {
-        Some(v) => {
+    match host {
+        Some(v) if host_from_target => {
             h.insert(header::HOST, v.clone());
         }
+        Some(_) => {}
         None => return Err(ProxyError::BadRequest("missing Host")),
     }
-    forwarded::set_forwarding(
-        h,
-        &forwarded::Observed {
-            client_ip: &client.ip_header,
-            proto: &client.proto,
-            host: client.forwarded_host.as_ref().or(host.as_ref()),
-            prefix: route.forwarded_prefix.as_ref(),
-            mode: route.forwarded_for,
-            https: client.https,
-        },
-    );
-    h.insert(&X_REQUEST_ID, client.request_id.clone());
     Ok(Request::from_parts(parts, body))
 }
 
@@ -667,9 +693,10 @@ pub(crate) fn prepare_upstream_with<B>(
 pub(crate) async fn send(
     route: &RouteRt,
     req: Request<UpstreamBody>,
+    fields: &forwarded::Forwarding<'_>,
 ) -> Result<Response<UpstreamResponse>, ProxyError> {
     if route.servers.len() < 2 {
-        return send_once(route, req).await;
+        return send_once(route, req, fields).await;
     }
     // Several servers: pick one, mark a failed one down for a while, and
     // try another when connecting failed and the request is safe to send
@@ -710,7 +737,7 @@ pub(crate) async fn send(
         }
         let result = {
             let _busy = balance::Outstanding::new(&server.outstanding);
-            send_once(route, req).await
+            send_once(route, req, fields).await
         };
         match result {
             Err(
@@ -742,10 +769,11 @@ fn is_idempotent(m: &Method) -> bool {
 async fn send_once(
     route: &RouteRt,
     mut req: Request<UpstreamBody>,
+    fields: &forwarded::Forwarding<'_>,
 ) -> Result<Response<UpstreamResponse>, ProxyError> {
     let progress = req.body_mut().progress();
     // (The caller boxes the whole send: one allocation for it all.)
-    let sent = route.client.request(req);
+    let sent = route.client.request(req, fields);
     let answer = match progress {
         None => tokio::time::timeout(route.timeout, sent).await.ok(),
         Some(p) => after_body(sent, &p, route.timeout).await,

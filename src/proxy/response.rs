@@ -11,6 +11,8 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
+use crate::base::framed::push_field;
+use crate::base::head_fields::{HeadFields, WithFields};
 use crate::upstream::body::BoxError;
 
 pin_project! {
@@ -35,6 +37,7 @@ pin_project! {
         kind: Kind,
         log: Option<Box<crate::proxy::access_log::Entry>>,
         busy: Option<Busy>,
+        fields: Option<ResponseFields>,
     }
 
     impl PinnedDrop for ResponseBody {
@@ -75,6 +78,43 @@ impl ResponseBody {
     pub fn set_log(&mut self, entry: Box<crate::proxy::access_log::Entry>) {
         self.log = Some(entry);
     }
+
+    /// The fields the HTTP/1 writer adds to this response's head.
+    pub fn set_fields(&mut self, fields: ResponseFields) {
+        self.fields = Some(fields);
+    }
+}
+
+/// The fields every response gets, for a head written from bytes (HTTP/1,
+/// issue 13): the security fields of the configuration the request ran
+/// under, and the request's id. HTTP/2 responses get them in their map
+/// instead (`HeaderPolicy::apply`).
+pub struct ResponseFields {
+    pub runtime: std::sync::Arc<crate::runtime::Runtime>,
+    /// Whether the client's connection is TLS (HSTS).
+    pub https: bool,
+    pub request_id: http::HeaderValue,
+}
+
+impl HeadFields for ResponseFields {
+    fn gives_way(&self, name: &http::HeaderName, seen: &mut u64) -> bool {
+        *name == crate::base::header_names::X_REQUEST_ID
+            || self.runtime.headers.gives_way(self.https, name, seen)
+    }
+
+    fn write(&self, headers: &http::HeaderMap, seen: u64, out: &mut Vec<u8>) {
+        self.runtime.headers.write(self.https, headers, seen, out);
+        push_field(out, b"x-request-id", self.request_id.as_bytes());
+    }
+}
+
+impl WithFields for ResponseBody {
+    fn head_fields(&self) -> &dyn HeadFields {
+        match &self.fields {
+            Some(f) => f,
+            None => &(),
+        }
+    }
 }
 
 /// A request in flight on its connection, from its start until its
@@ -100,6 +140,7 @@ impl From<Kind> for ResponseBody {
             kind,
             log: None,
             busy: None,
+            fields: None,
         }
     }
 }

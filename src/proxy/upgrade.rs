@@ -88,11 +88,11 @@ pub async fn h1(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_side = crate::conn::h1::on_upgrade(&mut req);
     let host = super::request_host(&req);
-    let mut up = prepare_upstream(req, &route, client)?;
+    let mut up = prepare_upstream(req, &route, client, host.as_ref())?;
     up.headers_mut().insert(header::UPGRADE, protocols.clone());
     up.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    let res = send(&route, up).await?;
+    let res = send(&route, up, &client.forwarding(&route, host.as_ref())).await?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         // RFC 9110 §7.8: the server switches to one of the protocols the
         // client listed; anything else is not opened as a tunnel.
@@ -150,6 +150,7 @@ pub async fn h2_websocket(
     metrics: Arc<crate::runtime::metrics::Metrics>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let client_side = crate::conn::h1::on_upgrade(&mut req);
+    let host = super::request_host(&req);
     let (mut parts, _body) = req.into_parts();
     parts.method = Method::GET;
     parts.extensions.remove::<hyper::ext::Protocol>();
@@ -157,7 +158,7 @@ pub async fn h2_websocket(
     let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
     let expected_accept =
         tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let mut up = super::prepare_upstream_with(req, &route, client)?;
+    let mut up = super::prepare_upstream_with(req, &route, host.as_ref())?;
     let h = up.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -167,7 +168,7 @@ pub async fn h2_websocket(
     );
     h.entry(header::SEC_WEBSOCKET_VERSION)
         .or_insert(HeaderValue::from_static("13"));
-    let res = send(&route, up).await?;
+    let res = send(&route, up, &client.forwarding(&route, host.as_ref())).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(super::finish_response(
             res,

@@ -44,7 +44,7 @@ pub async fn check_health(route: Arc<RouteRt>) {
             };
             let limit = hc.interval.min(route.timeout);
             let good = matches!(
-                tokio::time::timeout(limit, route.client.request(req)).await,
+                tokio::time::timeout(limit, route.client.request(req, &())).await,
                 Ok(Ok(res)) if res.status().is_success() || res.status().is_redirection()
             );
             let (ok, bad) = &mut streaks[i];

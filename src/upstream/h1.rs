@@ -24,7 +24,8 @@ use tokio::net::TcpStream;
 
 use crate::base::content_length::ContentLength;
 use crate::base::fmt::push_decimal;
-use crate::base::framed::{self, Framing, WriteError};
+use crate::base::framed::{self, push_field, Framing, WriteError};
+use crate::base::head_fields::HeadFields;
 use crate::base::header_names::{list_has, trim_ows};
 use crate::upstream::body::{BoxError, UpstreamBody};
 
@@ -94,17 +95,19 @@ impl Conn {
         }
     }
 
-    /// Sends `parts` and `body` and reads the response head. The body is
-    /// borrowed, so a failed attempt on a stale pooled connection leaves it
-    /// to be sent again; `consumed` says whether any of it was taken.
+    /// Sends `parts` (with `fields` added to its head) and `body` and
+    /// reads the response head. The body is borrowed, so a failed attempt
+    /// on a stale pooled connection leaves it to be sent again; `consumed`
+    /// says whether any of it was taken.
     pub async fn exchange(
         self,
         parts: &http::request::Parts,
+        fields: &dyn HeadFields,
         body: &mut UpstreamBody,
         consumed: &mut bool,
     ) -> Result<(Response<()>, Conn, Reuse, BodyKind), ExchangeError> {
         let mut head = Vec::with_capacity(512);
-        let framing = encode_head(parts, body, &mut head);
+        let framing = encode_head(parts, fields, body, &mut head);
         let head_request = parts.method == Method::HEAD;
         let Conn {
             mut io,
@@ -184,7 +187,14 @@ pub enum BodyKind {
 /// HTTP/1.1 requires: a `Content-Length` the request carries is kept; a
 /// body of known size gets one; a body of unknown size is sent chunked,
 /// except on GET, HEAD and CONNECT, which send none (as hyper did).
-fn encode_head(parts: &http::request::Parts, body: &UpstreamBody, out: &mut Vec<u8>) -> Framing {
+/// `fields` (the forwarding fields) follow the map's, replacing any of the
+/// same name.
+fn encode_head(
+    parts: &http::request::Parts,
+    fields: &dyn HeadFields,
+    body: &UpstreamBody,
+    out: &mut Vec<u8>,
+) -> Framing {
     let path = parts
         .uri
         .path_and_query()
@@ -208,6 +218,7 @@ fn encode_head(parts: &http::request::Parts, body: &UpstreamBody, out: &mut Vec<
     } else {
         Framing::Chunked
     };
+    let mut seen = 0;
     for (name, value) in h {
         // An invalid Content-Length of the caller's, or one a chunked body
         // must not carry, is not sent.
@@ -219,11 +230,12 @@ fn encode_head(parts: &http::request::Parts, body: &UpstreamBody, out: &mut Vec<
         if name == header::TRANSFER_ENCODING && framing != Framing::Chunked {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if fields.gives_way(name, &mut seen) {
+            continue;
+        }
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    fields.write(h, seen, out);
     match framing {
         Framing::Length(n) if declared.is_none() => {
             out.extend_from_slice(b"content-length: ");

@@ -118,10 +118,12 @@ impl HttpClient {
     /// Sends `req` (its URI names the server) on a pooled connection or a
     /// new one, and returns the response head with a body that reads the
     /// rest from the connection and pools it at its end. A 101 carries the
-    /// connection in its extensions ([`Upgraded`]).
+    /// connection in its extensions ([`Upgraded`]). `fields` are written
+    /// after the request's own (the forwarding fields: `()` for none).
     pub async fn request(
         &self,
         req: Request<UpstreamBody>,
+        fields: &dyn crate::base::head_fields::HeadFields,
     ) -> Result<Response<UpstreamResponse>, UpstreamError> {
         let authority = req
             .uri()
@@ -148,7 +150,10 @@ impl HttpClient {
                 None => (Box::pin(self.connect(&authority)).await?, false),
             };
             let mut consumed = false;
-            match conn.exchange(&parts, &mut body, &mut consumed).await {
+            match conn
+                .exchange(&parts, fields, &mut body, &mut consumed)
+                .await
+            {
                 Ok((head, conn, reuse, kind)) => {
                     // The request's fields have been written: its map is
                     // kept for the next head parsed on this thread.
@@ -354,11 +359,11 @@ mod tests {
                 .unwrap()
         };
         // The cache would keep the dead address for 60 s.
-        let first = tokio::time::timeout(Duration::from_secs(10), client.request(req()))
+        let first = tokio::time::timeout(Duration::from_secs(10), client.request(req(), &()))
             .await
             .unwrap();
         assert!(first.unwrap_err().is_connect());
-        let second = tokio::time::timeout(Duration::from_secs(10), client.request(req()))
+        let second = tokio::time::timeout(Duration::from_secs(10), client.request(req(), &()))
             .await
             .unwrap();
         assert_eq!(second.unwrap().status(), 200);

@@ -218,14 +218,21 @@ async fn security_headers_on_every_response() {
 
 #[tokio::test]
 async fn headers_table_sets_overrides_and_removes() {
-    let up = upstream(|_req| async move {
+    // The upstream sends fields the table overrides, keeps and removes, and
+    // an `X-Request-Id` of its own; the answer must be the same whether the
+    // head is written from the map (HTTP/2) or from bytes (HTTP/1).
+    let up = upstream(|req| async move {
+        let id = req.headers()["x-request-id"].clone();
         let mut res = http::Response::new(full("hi"));
-        res.headers_mut().insert(
+        let h = res.headers_mut();
+        h.insert(
             "x-frame-options",
             "ALLOW-FROM https://a.example".parse().unwrap(),
         );
-        res.headers_mut()
-            .insert("referrer-policy", "no-referrer".parse().unwrap());
+        h.insert("referrer-policy", "no-referrer".parse().unwrap());
+        h.insert("content-security-policy", "default-src *".parse().unwrap());
+        h.insert("x-request-id", "made-up-by-the-app".parse().unwrap());
+        h.insert("x-seen-id", id);
         res
     })
     .await;
@@ -234,23 +241,47 @@ async fn headers_table_sets_overrides_and_removes() {
         routes(&[("/", &up.url())])
     );
     let px = Proxy::start(&toml).await;
-    let res = px.get_tls(Proto::TlsH1, "/").await;
-    assert_eq!(
-        res.header("x-frame-options"),
-        Some("DENY"),
-        "override wins over the upstream"
-    );
-    assert_eq!(
-        res.header("referrer-policy"),
-        Some("no-referrer"),
-        "the upstream's own value is kept"
-    );
-    assert_eq!(res.header("permissions-policy"), Some("camera=()"));
-    assert_eq!(res.header("content-security-policy"), None);
-    assert_eq!(res.header("x-content-type-options"), Some("nosniff"));
-    // Our own pages follow the same table.
-    let res = px.get_tls(Proto::TlsH1, "/").await;
-    assert_eq!(res.header("x-frame-options"), Some("DENY"));
+    for proto in [Proto::H1, Proto::TlsH1, Proto::TlsH2] {
+        let res = px.send(proto, get("/", "localhost")).await.unwrap();
+        assert_eq!(
+            res.header("x-frame-options"),
+            Some("DENY"),
+            "{proto:?}: override wins over the upstream"
+        );
+        assert_eq!(res.headers.get_all("x-frame-options").iter().count(), 1);
+        assert_eq!(
+            res.header("referrer-policy"),
+            Some("no-referrer"),
+            "{proto:?}: the upstream's own value is kept"
+        );
+        assert_eq!(res.headers.get_all("referrer-policy").iter().count(), 1);
+        assert_eq!(res.header("permissions-policy"), Some("camera=()"));
+        assert_eq!(
+            res.header("content-security-policy"),
+            None,
+            "{proto:?}: removed even when the upstream sends it"
+        );
+        assert_eq!(res.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(
+            res.header("strict-transport-security").is_some(),
+            proto != Proto::H1,
+            "{proto:?}: HSTS only over TLS"
+        );
+        // The client gets the id the upstream was sent, not the app's.
+        let ids: Vec<_> = res.headers.get_all("x-request-id").iter().collect();
+        assert_eq!(ids.len(), 1, "{proto:?}");
+        assert_eq!(Some(ids[0]), res.headers.get("x-seen-id"), "{proto:?}");
+        // Our own pages follow the same table.
+        let mut req = get("/", "localhost");
+        *req.method_mut() = http::Method::TRACE;
+        let res = px.send(proto, req).await.unwrap();
+        assert_eq!(res.status, 405, "{proto:?}");
+        assert_eq!(res.header("x-frame-options"), Some("DENY"), "{proto:?}");
+        assert_eq!(res.header("permissions-policy"), Some("camera=()"));
+        assert_eq!(res.header("referrer-policy"), Some("same-origin"));
+        assert_eq!(res.header("content-security-policy"), None);
+        assert_eq!(res.headers.get_all("x-request-id").iter().count(), 1);
+    }
     px.stop().await;
 }
 

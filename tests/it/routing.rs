@@ -229,6 +229,6 @@ async fn every_resolved_address_is_tried_in_turn() {
         .header("host", "api.internal")
         .body(gatehouse::upstream::body::UpstreamBody::empty())
         .unwrap();
-    let res = within(client.request(req)).await.unwrap();
+    let res = within(client.request(req, &())).await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 }
