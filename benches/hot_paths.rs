@@ -4,8 +4,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gatehouse::config::ForwardedFor;
 use gatehouse::base::head_fields::HeadFields;
+use gatehouse::config::ForwardedFor;
 use gatehouse::proxy::forwarded::{strip_hop_by_hop, Forwarding};
 use gatehouse::runtime::router::{normalize, Router};
 use http::{HeaderMap, HeaderName, HeaderValue};

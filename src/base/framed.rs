@@ -203,3 +203,17 @@ pub fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
+
+/// The index just past the blank line ending a head in `b`, if any: the
+/// first empty line, ended by CRLF or a bare LF (RFC 9112 §2.2). Both
+/// HTTP/1 sides find the end first and parse the head once it is whole,
+/// so that its fields can share the head's bytes.
+pub fn find_head_end(b: &[u8]) -> Option<usize> {
+    // memchr finds the line ends a vector at a time: a byte loop cost about
+    // two instructions per byte of a 300-byte response head.
+    memchr::memchr_iter(b'\n', b).find_map(|at| match b.get(at + 1) {
+        Some(b'\n') => Some(at + 2),
+        Some(b'\r') if b.get(at + 2) == Some(&b'\n') => Some(at + 3),
+        _ => None,
+    })
+}

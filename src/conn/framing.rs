@@ -33,6 +33,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Uri, Version};
 
 use crate::base::content_length::ContentLength;
+use crate::base::framed::find_head_end;
 use crate::base::header_names::list_has;
 
 /// Why a request head was refused before hyper saw it.
@@ -557,20 +558,6 @@ fn check_version(head: &mut [u8]) -> Result<(), Refusal> {
         }
     }
     Ok(())
-}
-
-/// The index just past the blank line ending a head in `b`, if any.
-fn find_head_end(b: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(nl) = b[from..].iter().position(|c| *c == b'\n') {
-        let at = from + nl;
-        match b.get(at + 1) {
-            Some(b'\n') => return Some(at + 2),
-            Some(b'\r') if b.get(at + 2) == Some(&b'\n') => return Some(at + 3),
-            _ => from = at + 1,
-        }
-    }
-    None
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::base::framed::push_field;
 use crate::base::head_fields::HeadFields;
 
 pub(crate) use crate::base::header_names::{
@@ -139,9 +138,12 @@ impl HeadFields for Forwarding<'_> {
     }
 
     fn write(&self, headers: &HeaderMap, _: u64, out: &mut Vec<u8>) {
+        // Each line end is written with the next field's name: half as many
+        // copies as field by field.
         let ip = self.client_ip.as_bytes();
-        push_field(out, b"x-real-ip", ip);
-        out.extend_from_slice(b"x-forwarded-for: ");
+        out.extend_from_slice(b"x-real-ip: ");
+        out.extend_from_slice(ip);
+        out.extend_from_slice(b"\r\nx-forwarded-for: ");
         if self.mode == ForwardedFor::Append {
             for v in headers.get_all(&X_FORWARDED_FOR) {
                 out.extend_from_slice(v.as_bytes());
@@ -149,21 +151,26 @@ impl HeadFields for Forwarding<'_> {
             }
         }
         out.extend_from_slice(ip);
-        out.extend_from_slice(b"\r\n");
-        push_field(out, b"x-forwarded-proto", self.proto.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.proto.as_bytes());
         let port: &[u8] = match self.host {
             Some(host) => {
-                push_field(out, b"x-forwarded-host", host.as_bytes());
+                out.extend_from_slice(b"\r\nx-forwarded-host: ");
+                out.extend_from_slice(host.as_bytes());
                 port_of(host.as_bytes(), self.https)
             }
             None if self.https => b"443",
             None => b"80",
         };
-        push_field(out, b"x-forwarded-port", port);
+        out.extend_from_slice(b"\r\nx-forwarded-port: ");
+        out.extend_from_slice(port);
         if let Some(p) = self.prefix {
-            push_field(out, b"x-forwarded-prefix", p.as_bytes());
+            out.extend_from_slice(b"\r\nx-forwarded-prefix: ");
+            out.extend_from_slice(p.as_bytes());
         }
-        push_field(out, b"x-request-id", self.request_id.as_bytes());
+        out.extend_from_slice(b"\r\nx-request-id: ");
+        out.extend_from_slice(self.request_id.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 }
 
@@ -314,7 +321,11 @@ mod tests {
         let mut seen = 0;
         for (name, value) in h {
             if !f.gives_way(name, &mut seen) {
-                push_field(&mut out, name.as_str().as_bytes(), value.as_bytes());
+                crate::base::framed::push_field(
+                    &mut out,
+                    name.as_str().as_bytes(),
+                    value.as_bytes(),
+                );
             }
         }
         f.write(h, seen, &mut out);

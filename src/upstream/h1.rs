@@ -24,7 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::base::content_length::ContentLength;
 use crate::base::fmt::push_decimal;
-use crate::base::framed::{self, push_field, Framing, WriteError};
+use crate::base::framed::{self, find_head_end, push_field, Framing, WriteError};
 use crate::base::head_fields::HeadFields;
 use crate::base::header_names::{list_has, trim_ows};
 use crate::upstream::body::{BoxError, UpstreamBody};
@@ -293,18 +293,24 @@ async fn read_head<R: AsyncRead + Unpin>(
     head_request: bool,
 ) -> Result<(Response<()>, BodyKind, Reuse), ExchangeError> {
     let mut any = false;
+    // How much of `buf` is known to hold no head end: a head trickling in
+    // is not searched from its start on every read.
+    let mut searched: usize = 0;
     loop {
         if !buf.is_empty() {
             any = true;
-            if let Some((res, len)) = parse_head(buf)? {
-                buf.advance(len);
+            let from = searched.saturating_sub(3);
+            if let Some(end) = find_head_end(&buf[from..]) {
+                searched = 0;
+                let (res, noted) = parse_head(buf.split_to(from + end).freeze())?;
                 let status = res.status();
                 if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
                     continue;
                 }
-                let (kind, reuse) = framing_of(&res, head_request)?;
+                let (kind, reuse) = framing_of(&res, &noted, head_request)?;
                 return Ok((res, kind, reuse));
             }
+            searched = buf.len();
             if buf.len() > MAX_HEAD {
                 return Err(ExchangeError::Protocol("response head too large"));
             }
@@ -329,12 +335,31 @@ async fn read_head<R: AsyncRead + Unpin>(
     }
 }
 
-fn parse_head(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, ExchangeError> {
+/// What the one pass over a response head's fields noted for its framing,
+/// so that it is not looked up in the map again.
+#[derive(Default)]
+struct Noted {
+    length: ContentLength,
+    has_length: bool,
+    bad_length: bool,
+    has_te: bool,
+    /// The last transfer coding of the last `Transfer-Encoding` field is
+    /// `chunked`.
+    chunked_last: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+/// Parses a whole response head (`head` ends with its blank line); the
+/// fields share `head`'s bytes rather than copying each value.
+fn parse_head(head: Bytes) -> Result<(Response<()>, Noted), ExchangeError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
     let mut parsed = httparse::Response::new(&mut fields);
-    let len = match parsed.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
+    match parsed.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Err(ExchangeError::Protocol("invalid response head"))
+        }
         Err(httparse::Error::TooManyHeaders) => {
             return Err(ExchangeError::Protocol("too many header fields"))
         }
@@ -347,13 +372,28 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, ExchangeError
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    let mut noted = Noted::default();
     // Sized once for these fields and those the proxy adds to them
     // (security headers, request id; issue 13 point 3).
     let mut headers = crate::base::recycle::header_map(parsed.headers.len() + 8);
     for f in parsed.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| ExchangeError::Protocol("invalid field name"))?;
-        let value = HeaderValue::from_bytes(f.value)
+        if name == header::CONTENT_LENGTH {
+            noted.has_length = true;
+            noted.bad_length |= noted.length.add(f.value).is_err();
+        } else if name == header::TRANSFER_ENCODING {
+            noted.has_te = true;
+            noted.chunked_last = f
+                .value
+                .rsplit(|b| *b == b',')
+                .next()
+                .is_some_and(|last| trim_ows(last).eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            noted.close |= list_has(f.value, b"close");
+            noted.keep_alive |= list_has(f.value, b"keep-alive");
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
             .map_err(|_| ExchangeError::Protocol("invalid field value"))?;
         headers.append(name, value);
     }
@@ -361,15 +401,16 @@ fn parse_head(buf: &[u8]) -> Result<Option<(Response<()>, usize)>, ExchangeError
     *res.status_mut() = status;
     *res.version_mut() = version;
     *res.headers_mut() = headers;
-    Ok(Some((res, len)))
+    Ok((res, noted))
 }
 
 /// RFC 9112 §6.3 for a response, and whether the connection stays open.
-fn framing_of(res: &Response<()>, head_request: bool) -> Result<(BodyKind, Reuse), ExchangeError> {
-    let h = res.headers();
-    let mut reuse = if connection_has(h, "close")
-        || (res.version() == Version::HTTP_10 && !connection_has(h, "keep-alive"))
-    {
+fn framing_of(
+    res: &Response<()>,
+    noted: &Noted,
+    head_request: bool,
+) -> Result<(BodyKind, Reuse), ExchangeError> {
+    let mut reuse = if noted.close || (res.version() == Version::HTTP_10 && !noted.keep_alive) {
         Reuse::No
     } else {
         Reuse::Yes
@@ -385,41 +426,29 @@ fn framing_of(res: &Response<()>, head_request: bool) -> Result<(BodyKind, Reuse
     {
         return Ok((BodyKind::Empty, reuse));
     }
-    let te = h.contains_key(header::TRANSFER_ENCODING);
-    if te && h.contains_key(header::CONTENT_LENGTH) {
+    if noted.has_te && noted.has_length {
         // RFC 9112 §6.1: a confused or hostile upstream, held to the rule
         // clients are held to.
         return Err(ExchangeError::Protocol(
             "the response has both Content-Length and Transfer-Encoding",
         ));
     }
-    if te {
-        let chunked_last = h
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-            .is_some_and(|last| trim_ows(last).eq_ignore_ascii_case(b"chunked"));
-        if chunked_last {
+    if noted.has_te {
+        if noted.chunked_last {
             return Ok((BodyKind::Chunked, reuse));
         }
         return Ok((BodyKind::Eof, Reuse::No));
     }
-    match content_length(h) {
-        Some(Some(0)) => Ok((BodyKind::Empty, reuse)),
-        Some(Some(n)) => Ok((BodyKind::Length(n), reuse)),
-        Some(None) => Err(ExchangeError::Protocol("invalid Content-Length")),
-        None => {
-            reuse = Reuse::No;
-            Ok((BodyKind::Eof, reuse))
-        }
+    if !noted.has_length {
+        reuse = Reuse::No;
+        return Ok((BodyKind::Eof, reuse));
     }
-}
-
-fn connection_has(h: &HeaderMap, token: &str) -> bool {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .any(|v| list_has(v.as_bytes(), token.as_bytes()))
+    match noted.length.get() {
+        _ if noted.bad_length => Err(ExchangeError::Protocol("invalid Content-Length")),
+        Some(0) => Ok((BodyKind::Empty, reuse)),
+        Some(n) => Ok((BodyKind::Length(n), reuse)),
+        None => Err(ExchangeError::Protocol("invalid Content-Length")),
+    }
 }
 
 /// Where a finished connection goes: back to its pool, or closed.
@@ -743,8 +772,10 @@ mod tests {
 
     #[test]
     fn response_framing_follows_rfc_9112() {
-        let head = |text: &str| parse_head(text.as_bytes()).unwrap().unwrap().0;
-        let kind = |text: &str, head_request: bool| framing_of(&head(text), head_request);
+        let kind = |text: &str, head_request: bool| {
+            let (res, noted) = parse_head(Bytes::copy_from_slice(text.as_bytes())).unwrap();
+            framing_of(&res, &noted, head_request)
+        };
         assert_eq!(
             kind("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", false).unwrap(),
             (BodyKind::Length(5), Reuse::Yes)
@@ -826,10 +857,13 @@ mod tests {
             (BodyKind::Empty, Reuse::No)
         );
         assert!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Le")
-                .unwrap()
-                .is_none(),
+            find_head_end(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n").is_none(),
             "partial"
+        );
+        assert_eq!(
+            find_head_end(b"HTTP/1.1 200 OK\nContent-Length: 5\n\nhello"),
+            Some(35),
+            "bare LF line ends"
         );
     }
 }
