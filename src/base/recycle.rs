@@ -1,16 +1,22 @@
-//! Per-thread spares of the two large things every HTTP/1 request used to
+//! Per-thread spares of the large things every HTTP/1 request used to
 //! allocate and free: header maps (one for the request, one for the
-//! response: a map sized for 20-odd fields is about 2.5 KiB) and
-//! connection read buffers (8 KiB). Both are beyond the size glibc's
-//! per-thread cache serves, so each cost a trip through its bins; a spare
-//! costs a thread-local push and pop (issue 13 point 3: malloc was 15 % of
-//! an HTTP/1 request's instructions).
+//! response: a map sized for 20-odd fields is about 2.5 KiB), connection
+//! read buffers (8 KiB) and the blocks of the two boxed per-request futures
+//! ([`Reused`]). All are beyond the size glibc's per-thread cache serves,
+//! so each cost a trip through its bins; a spare costs a thread-local push
+//! and pop (issue 13 point 3: malloc was 15 % of an HTTP/1 request's
+//! instructions).
 //!
-//! Bounded: at most [`SPARES`] of each per worker thread, and only maps and
-//! buffers of the usual size are kept, so a burst of large ones does not
-//! stay around.
+//! Bounded: at most [`SPARES`] maps and buffers and [`BLOCKS`] blocks per
+//! worker thread, and only maps and buffers of the usual size are kept, so
+//! a burst of large ones does not stay around.
 
+use std::alloc::Layout;
 use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use http::HeaderMap;
@@ -77,9 +83,124 @@ pub fn give_back_buffer(buf: BytesMut) {
     });
 }
 
+/// Blocks kept per thread for [`Reused`] futures.
+const BLOCKS: usize = 16;
+
+/// Freed blocks of [`Reused`] futures, by layout. Raw pointers: the blocks
+/// hold no value while here, only memory that `std::alloc` gave.
+struct Blocks(Vec<(Layout, NonNull<u8>)>);
+
+impl Drop for Blocks {
+    fn drop(&mut self) {
+        for (layout, ptr) in self.0.drain(..) {
+            // SAFETY: allocated with this layout by `Reused::new`, and
+            // nothing refers to it since it was put here.
+            unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) }
+        }
+    }
+}
+
+thread_local! {
+    static BLOCKS_KEPT: RefCell<Blocks> = const { RefCell::new(Blocks(Vec::new())) };
+}
+
+/// A future on the heap, in a block that goes back to a per-thread stash
+/// when it is dropped, for the next future of the same type.
+///
+/// Two futures are boxed on every HTTP/1 request so that an idle
+/// connection holds only its read loop (the request's pipeline and the
+/// upstream exchange, 4.7 and 7.7 KiB). Blocks that large are beyond
+/// glibc's per-thread cache: each took a trip through its bins, about 500
+/// instructions of 28k per request (issue 13 point 3). Here a block costs
+/// a thread-local pop and push.
+pub struct Reused<F> {
+    ptr: NonNull<F>,
+}
+
+// SAFETY: `Reused<F>` owns its `F` exactly as `Box<F>` does.
+unsafe impl<F: Send> Send for Reused<F> {}
+// SAFETY: as for `Box<F>`: shared access gives only `&F`.
+unsafe impl<F: Sync> Sync for Reused<F> {}
+
+impl<F> Reused<F> {
+    pub fn new(value: F) -> Reused<F> {
+        let layout = Layout::new::<F>();
+        if layout.size() == 0 {
+            // Nothing to allocate; std::alloc does not take size 0.
+            let ptr = NonNull::<F>::dangling();
+            // SAFETY: a dangling, aligned pointer is valid for a ZST.
+            unsafe { ptr.as_ptr().write(value) };
+            return Reused { ptr };
+        }
+        let kept = BLOCKS_KEPT
+            .try_with(|b| {
+                let mut b = b.borrow_mut();
+                let at = b.0.iter().rposition(|(l, _)| *l == layout)?;
+                Some(b.0.swap_remove(at).1)
+            })
+            .ok()
+            .flatten();
+        let block = match kept {
+            Some(p) => p.cast::<F>(),
+            None => {
+                // SAFETY: the layout's size is not zero.
+                let raw = unsafe { std::alloc::alloc(layout) };
+                match NonNull::new(raw) {
+                    Some(p) => p.cast::<F>(),
+                    None => std::alloc::handle_alloc_error(layout),
+                }
+            }
+        };
+        // SAFETY: `block` is allocated for `F`'s layout and holds no value.
+        unsafe { block.as_ptr().write(value) };
+        Reused { ptr: block }
+    }
+}
+
+impl<F> Drop for Reused<F> {
+    fn drop(&mut self) {
+        let layout = Layout::new::<F>();
+        // SAFETY: the value was written in `new` and is dropped only here;
+        // it never moved (see the `Future` impl).
+        unsafe { std::ptr::drop_in_place(self.ptr.as_ptr()) };
+        if layout.size() == 0 {
+            return;
+        }
+        let block = self.ptr.cast::<u8>();
+        let kept = BLOCKS_KEPT
+            .try_with(|b| {
+                let mut b = b.borrow_mut();
+                if b.0.len() < BLOCKS {
+                    b.0.push((layout, block));
+                    true
+                } else {
+                    false
+                }
+            })
+            .unwrap_or(false);
+        if !kept {
+            // SAFETY: allocated with this layout, its value dropped above.
+            unsafe { std::alloc::dealloc(block.as_ptr(), layout) }
+        }
+    }
+}
+
+impl<F: Future> Future for Reused<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // SAFETY: the `F` lives at `ptr` from `new` until `drop` and is
+        // never moved out (no method gives it by value or `&mut F`), so it
+        // is pinned however the `Reused` itself moves.
+        unsafe { Pin::new_unchecked(&mut *self.ptr.as_ptr()) }.poll(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
 
     #[test]
     fn spares_come_back_empty_and_bounded() {
@@ -99,5 +220,60 @@ mod tests {
             give_back_map(HeaderMap::with_capacity(20));
         }
         assert_eq!(MAPS.with(|m| m.borrow().len()), SPARES);
+    }
+
+    /// Counts its drops, and holds enough to need a large block.
+    struct Tracked(Arc<AtomicUsize>, [u8; 4096]);
+
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn reused_futures_run_drop_and_share_blocks() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let held = Tracked(drops.clone(), [7; 4096]);
+        let fut = Reused::new(async move {
+            // The whole value, not only its (Copy) array field.
+            let held = held;
+            std::future::ready(()).await;
+            held.1[4095] as usize
+        });
+        let first = fut.ptr.as_ptr() as usize;
+        let out = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(fut);
+        assert_eq!(out, 7, "the future ran to its end in its block");
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "its state was dropped");
+        // The next future of the same type takes the same block.
+        let make = |t: Tracked| {
+            Reused::new(async move {
+                let t = t;
+                std::future::ready(()).await;
+                t.1[0] as usize
+            })
+        };
+        let a = make(Tracked(drops.clone(), [1; 4096]));
+        let at = a.ptr.as_ptr() as usize;
+        drop(a);
+        assert_eq!(drops.load(Ordering::SeqCst), 2, "dropped unpolled");
+        let b = make(Tracked(drops.clone(), [2; 4096]));
+        assert_eq!(
+            b.ptr.as_ptr() as usize,
+            at,
+            "the freed block is taken again"
+        );
+        drop(b);
+        assert_ne!(first, 0);
+        // Bounded: past BLOCKS, blocks go back to the allocator.
+        let many: Vec<_> = (0..BLOCKS + 4)
+            .map(|_| make(Tracked(drops.clone(), [0; 4096])))
+            .collect();
+        drop(many);
+        assert_eq!(BLOCKS_KEPT.with(|b| b.borrow().0.len()), BLOCKS);
+        assert_eq!(drops.load(Ordering::SeqCst), 2 + 1 + BLOCKS + 4);
     }
 }

@@ -40,6 +40,7 @@ use super::{Conn, Handler};
 use crate::base::framed::{push_field, write_body, Framing, WriteError};
 use crate::base::head_fields::WithFields;
 use crate::base::header_names::list_has;
+use crate::base::recycle::Reused;
 use crate::upstream::body::{BoxError, RequestBody};
 use crate::upstream::h1::{chunked_step, Chunk, Step};
 
@@ -383,9 +384,10 @@ pub(crate) async fn serve<H: Handler>(
         };
         let head = head.map_err(|why| state.refuse_next(why)).ok();
         // Boxed: the pipeline's future and the response's state are large
-        // and live only while a request is in flight; one allocation per
-        // request, and an idle connection holds only the loop.
-        let next = Box::pin(exchange(
+        // and live only while a request is in flight; an idle connection
+        // holds only the loop. The block is the worker's, reused request
+        // after request.
+        let next = Reused::new(exchange(
             head, &mut wire, &mut home, &handler, &conn, &limits, shutdown,
         ))
         .await?;

@@ -21,6 +21,7 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::base::error_chain::ErrorChain;
+use crate::base::recycle::Reused;
 use crate::config::{OnDeny, OnRedisError};
 use crate::conn::ip_header;
 pub(crate) use crate::conn::Conn;
@@ -404,8 +405,9 @@ async fn inner(
     // Boxed: sending (retries over the route's servers, the timers, the
     // upstream exchange) is the largest part of a request's state; on the
     // heap, the request's own future stays small, which hyper moves as it
-    // hands it to an HTTP/2 stream's task (issue 13 point 3).
-    let res = Box::pin(send(&route, up, &fields))
+    // hands it to an HTTP/2 stream's task (issue 13 point 3). The block is
+    // the worker's, reused request after request.
+    let res = Reused::new(send(&route, up, &fields))
         .await
         .map_err(on_route)?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
