@@ -361,23 +361,28 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 /// A field of the combined format, escaped as nginx escapes it: `"`, `\`,
 /// control bytes and bytes past ASCII as `\xHH`; `-` when absent.
 fn clf_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
-    let Some(v) = v else {
+    let Some(mut rest) = v else {
         out.push(b'-');
         return;
     };
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in v {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
-            out.extend_from_slice(&[
-                b'\\',
-                b'x',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 15)],
-            ]);
-        } else {
-            out.push(b);
-        }
+    // Runs that need no escape (all of a usual path or User-Agent) are
+    // copied whole: a push per byte cost 18 instructions a byte.
+    while let Some(i) = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b))
+    {
+        let b = rest[i];
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(&[
+            b'\\',
+            b'x',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 15)],
+        ]);
+        rest = &rest[i + 1..];
     }
+    out.extend_from_slice(rest);
 }
 
 /// A JSON string (RFC 8259 §7), or `null` when absent. Bytes that are not
@@ -400,11 +405,17 @@ fn json_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
                 )
             }
         };
-        for &b in valid.as_bytes() {
-            match b {
+        // As in `clf_str`: runs that need no escape are copied whole.
+        let mut run = valid.as_bytes();
+        while let Some(i) = run
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        {
+            out.extend_from_slice(&run[..i]);
+            match run[i] {
                 b'"' => out.extend_from_slice(b"\\\""),
                 b'\\' => out.extend_from_slice(b"\\\\"),
-                0..=0x1f => {
+                b => {
                     const HEX: &[u8; 16] = b"0123456789abcdef";
                     out.extend_from_slice(&[
                         b'\\',
@@ -415,9 +426,10 @@ fn json_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
                         HEX[usize::from(b & 15)],
                     ]);
                 }
-                _ => out.push(b),
             }
+            run = &run[i + 1..];
         }
+        out.extend_from_slice(run);
         if bad > 0 {
             out.extend_from_slice("\u{FFFD}".as_bytes());
         }
