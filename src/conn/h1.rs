@@ -433,31 +433,35 @@ async fn exchange<H: Handler>(
             .insert(PendingUpgrade(Arc::new(Mutex::new(Some(rx)))));
         tx
     });
-    let answer = H::handle(handler.clone(), req, conn.clone());
-    tokio::pin!(answer);
-    let res = std::future::poll_fn(|cx| {
-        if let Poll::Ready(Ok(res)) = answer.as_mut().poll(cx) {
-            return Poll::Ready(Some(res));
-        }
-        // Nobody else reads the connection now: a client that leaves
-        // cancels its request (the pipeline's future is dropped, and the
-        // upstream request with it). What arrives meanwhile is the next
-        // pipelined request, kept up to the head limit.
-        if let Some(w) = wire.as_mut() {
-            while !w.eof && w.buf.len() < limits.max_head {
-                match w.poll_fill(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Ok(_)) => {}
-                    Poll::Ready(Err(_)) => return Poll::Ready(None),
+    // The pipeline's future (2 KB) lives in this block only, so that the
+    // state that writes the response does not keep room for it too.
+    let res = {
+        let answer = H::handle(handler.clone(), req, conn.clone());
+        tokio::pin!(answer);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(Ok(res)) = answer.as_mut().poll(cx) {
+                return Poll::Ready(Some(res));
+            }
+            // Nobody else reads the connection now: a client that leaves
+            // cancels its request (the pipeline's future is dropped, and the
+            // upstream request with it). What arrives meanwhile is the next
+            // pipelined request, kept up to the head limit.
+            if let Some(w) = wire.as_mut() {
+                while !w.eof && w.buf.len() < limits.max_head {
+                    match w.poll_fill(cx) {
+                        Poll::Pending => break,
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(_)) => return Poll::Ready(None),
+                    }
+                }
+                if w.eof && w.buf.is_empty() {
+                    return Poll::Ready(None);
                 }
             }
-            if w.eof && w.buf.is_empty() {
-                return Poll::Ready(None);
-            }
-        }
-        Poll::Pending
-    })
-    .await;
+            Poll::Pending
+        })
+        .await
+    };
     let Some(res) = res else {
         tracing::debug!(peer = %conn.peer, "client left before its answer; request cancelled");
         return Ok(false);
