@@ -361,25 +361,39 @@ fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
 /// A field of the combined format, escaped as nginx escapes it: `"`, `\`,
 /// control bytes and bytes past ASCII as `\xHH`; `-` when absent.
 fn clf_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
-    let Some(mut rest) = v else {
+    let Some(v) = v else {
         out.push(b'-');
         return;
     };
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    // Runs that need no escape (all of a usual path or User-Agent) are
-    // copied whole: a push per byte cost 18 instructions a byte.
-    while let Some(i) = rest
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b))
-    {
-        let b = rest[i];
+    push_escaped(
+        out,
+        v,
+        |b| b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b),
+        |out, b| {
+            out.extend_from_slice(&[
+                b'\\',
+                b'x',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 15)],
+            ])
+        },
+    );
+}
+
+/// Copies `text`, each byte for which `special` holds written by `escape`
+/// instead. Runs between them (all of a usual path or User-Agent) are
+/// copied whole: a push per byte cost 18 instructions a byte.
+fn push_escaped(
+    out: &mut Vec<u8>,
+    text: &[u8],
+    special: impl Fn(u8) -> bool,
+    escape: impl Fn(&mut Vec<u8>, u8),
+) {
+    let mut rest = text;
+    while let Some(i) = rest.iter().position(|&b| special(b)) {
         out.extend_from_slice(&rest[..i]);
-        out.extend_from_slice(&[
-            b'\\',
-            b'x',
-            HEX[usize::from(b >> 4)],
-            HEX[usize::from(b & 15)],
-        ]);
+        escape(out, rest[i]);
         rest = &rest[i + 1..];
     }
     out.extend_from_slice(rest);
@@ -405,17 +419,14 @@ fn json_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
                 )
             }
         };
-        // As in `clf_str`: runs that need no escape are copied whole.
-        let mut run = valid.as_bytes();
-        while let Some(i) = run
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-        {
-            out.extend_from_slice(&run[..i]);
-            match run[i] {
+        push_escaped(
+            out,
+            valid.as_bytes(),
+            |b| b == b'"' || b == b'\\' || b < 0x20,
+            |out, b| match b {
                 b'"' => out.extend_from_slice(b"\\\""),
                 b'\\' => out.extend_from_slice(b"\\\\"),
-                b => {
+                _ => {
                     const HEX: &[u8; 16] = b"0123456789abcdef";
                     out.extend_from_slice(&[
                         b'\\',
@@ -426,10 +437,8 @@ fn json_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
                         HEX[usize::from(b & 15)],
                     ]);
                 }
-            }
-            run = &run[i + 1..];
-        }
-        out.extend_from_slice(run);
+            },
+        );
         if bad > 0 {
             out.extend_from_slice("\u{FFFD}".as_bytes());
         }
