@@ -8,6 +8,8 @@
 
 use http::{HeaderMap, HeaderName};
 
+use crate::base::framed::push_field;
+
 /// Fields written after a message's own.
 pub trait HeadFields: Send + Sync {
     /// Called with the name of each field of the message's map, in order,
@@ -34,4 +36,17 @@ impl HeadFields for () {
 /// A response body that brings the fields its head is written with.
 pub trait WithFields {
     fn head_fields(&self) -> &dyn HeadFields;
+}
+
+/// A map's fields that do not give way to `fields`, then `fields`' own, as
+/// `name: value\r\n` lines: the order both HTTP/1 writers follow, less
+/// their framing rules (what the tests and the benchmark compare with).
+pub fn write_with(headers: &HeaderMap, fields: &dyn HeadFields, out: &mut Vec<u8>) {
+    let mut seen = 0;
+    for (name, value) in headers {
+        if !fields.gives_way(name, &mut seen) {
+            push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    fields.write(headers, seen, out);
 }

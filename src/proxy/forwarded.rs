@@ -318,17 +318,7 @@ mod tests {
     /// the forwarding fields, as the HTTP/1 writer puts them on the wire.
     fn sent(h: &HeaderMap, f: &Forwarding<'_>) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let mut seen = 0;
-        for (name, value) in h {
-            if !f.gives_way(name, &mut seen) {
-                crate::base::framed::push_field(
-                    &mut out,
-                    name.as_str().as_bytes(),
-                    value.as_bytes(),
-                );
-            }
-        }
-        f.write(h, seen, &mut out);
+        crate::base::head_fields::write_with(h, f, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with("\r\n"), "{text:?}");
         text.trim_end_matches("\r\n")

@@ -357,13 +357,12 @@ fn parse_head(head: Bytes) -> Result<(Response<()>, Noted), ExchangeError> {
     let mut parsed = httparse::Response::new(&mut fields);
     match parsed.parse(&head) {
         Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => {
-            return Err(ExchangeError::Protocol("invalid response head"))
-        }
         Err(httparse::Error::TooManyHeaders) => {
             return Err(ExchangeError::Protocol("too many header fields"))
         }
-        Err(_) => return Err(ExchangeError::Protocol("invalid response head")),
+        // (Partial too: the head's end was found, so httparse reading it
+        // as unfinished means it is not a valid head.)
+        _ => return Err(ExchangeError::Protocol("invalid response head")),
     };
     let code = parsed.code.unwrap_or(0);
     let status =
@@ -443,8 +442,7 @@ fn framing_of(
         reuse = Reuse::No;
         return Ok((BodyKind::Eof, reuse));
     }
-    match noted.length.get() {
-        _ if noted.bad_length => Err(ExchangeError::Protocol("invalid Content-Length")),
+    match noted.length.get().filter(|_| !noted.bad_length) {
         Some(0) => Ok((BodyKind::Empty, reuse)),
         Some(n) => Ok((BodyKind::Length(n), reuse)),
         None => Err(ExchangeError::Protocol("invalid Content-Length")),
