@@ -75,6 +75,7 @@ def main():
     ap.add_argument("--logs", default="off,combined,json")
     ap.add_argument("--keep", help="a folder to keep the long runs' callgrind files in (for callgrind_annotate)")
     args = ap.parse_args()
+    bench.install(extra={"valgrind": "valgrind"})
     print("| scenario | access log | instructions/request |")
     print("|---|---|---:|")
     for scenario in args.scenarios.split(","):

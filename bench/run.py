@@ -51,8 +51,9 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def install():
+def install(extra=None):
     need = {"nginx": "nginx", "haproxy": "haproxy", "wrk": "wrk", "h2load": "nghttp2-client", "openssl": "openssl"}
+    need.update(extra or {})
     missing = [pkg for binary, pkg in need.items() if shutil.which(binary) is None]
     if missing:
         sudo = [] if os.geteuid() == 0 else ["sudo"]

@@ -41,9 +41,57 @@ pub fn list_has(value: &[u8], token: &[u8]) -> bool {
         .any(|t| trim_ows(t).eq_ignore_ascii_case(token))
 }
 
+/// What a `Connection` field says of the connection it came on, read in
+/// one pass over its tokens.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionTokens {
+    /// `close` (RFC 9112 §9.6).
+    pub close: bool,
+    /// `keep-alive` (HTTP/1.0's persistence, RFC 9112 §9.3).
+    pub keep_alive: bool,
+    /// Every token is `close` or `keep-alive` (or empty): the field names
+    /// no other field and asks for no upgrade, so it concerns this
+    /// connection alone and is never forwarded (RFC 9110 §7.6.1).
+    pub only_persistence: bool,
+}
+
+/// Reads a `Connection` field value (RFC 9110 §7.6.1).
+pub fn connection_tokens(value: &[u8]) -> ConnectionTokens {
+    let mut t = ConnectionTokens {
+        only_persistence: true,
+        ..ConnectionTokens::default()
+    };
+    for token in value.split(|b| *b == b',') {
+        let token = trim_ows(token);
+        if token.eq_ignore_ascii_case(b"close") {
+            t.close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            t.keep_alive = true;
+        } else if !token.is_empty() {
+            t.only_persistence = false;
+        }
+    }
+    t
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_fields() {
+        let read = |v: &[u8]| {
+            let t = connection_tokens(v);
+            (t.close, t.keep_alive, t.only_persistence)
+        };
+        assert_eq!(read(b"keep-alive"), (false, true, true));
+        assert_eq!(read(b"Close"), (true, false, true));
+        assert_eq!(read(b" keep-alive ,\tclose"), (true, true, true));
+        assert_eq!(read(b"keep-alive, Upgrade"), (false, true, false));
+        assert_eq!(read(b"x-private"), (false, false, false));
+        assert_eq!(read(b"closed"), (false, false, false));
+        assert_eq!(read(b""), (false, false, true));
+    }
 
     #[test]
     fn lists_of_tokens() {

@@ -34,7 +34,7 @@ use http::{Method, Request, Uri, Version};
 
 use crate::base::content_length::ContentLength;
 use crate::base::framed::find_head_end;
-use crate::base::header_names::list_has;
+use crate::base::header_names::connection_tokens;
 
 /// Why a request head was refused before hyper saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -457,8 +457,15 @@ fn parse_head(head: Bytes, max_headers: usize) -> Result<Head, Refusal> {
         } else if name == http::header::UPGRADE {
             upgrade = true;
         } else if name == http::header::CONNECTION {
-            close |= list_has(f.value, b"close");
-            keep_alive |= list_has(f.value, b"keep-alive");
+            let t = connection_tokens(f.value);
+            close |= t.close;
+            keep_alive |= t.keep_alive;
+            if t.only_persistence {
+                // This connection's own field (browsers send `Connection:
+                // keep-alive` on every HTTP/1.1 request), noted above and
+                // never forwarded (RFC 9110 §7.6.1): not kept in the map.
+                continue;
+            }
         } else if name == http::header::EXPECT {
             expect_continue |= f.value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
         }

@@ -14,6 +14,7 @@ use http_body::Frame;
 use http_body_util::{BodyDataStream, BodyExt, StreamBody};
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use crate::base::header_names::trim_ows;
 use crate::proxy::response::ResponseBody;
 
 /// Responses smaller than this are not worth compressing.
@@ -64,31 +65,33 @@ pub fn negotiate(accept: Option<&HeaderValue>) -> Option<Encoding> {
 
 /// Whether a response of this type is text-like enough to compress.
 pub fn compressible_type(ct: &str) -> bool {
-    // Runs on most responses: compares without allocating.
-    let ct = ct.split(';').next().unwrap_or("").trim();
-    let starts = |p: &str| ct.len() >= p.len() && ct[..p.len()].eq_ignore_ascii_case(p);
-    let ends = |p: &str| ct.len() >= p.len() && ct[ct.len() - p.len()..].eq_ignore_ascii_case(p);
-    if ct.eq_ignore_ascii_case("text/event-stream") {
-        // A stream of events must reach the client as each is written.
+    // Runs on most responses (to decide `Vary` as well): the type's main
+    // part picks the few subtypes to compare, without allocating.
+    let ct = ct.as_bytes();
+    let ct = trim_ows(ct.split(|b| *b == b';').next().unwrap_or_default());
+    let Some(slash) = ct.iter().position(|b| *b == b'/') else {
         return false;
+    };
+    let (main, sub) = (&ct[..slash], &ct[slash + 1..]);
+    let ends =
+        |p: &[u8]| sub.len() >= p.len() && sub[sub.len() - p.len()..].eq_ignore_ascii_case(p);
+    if main.eq_ignore_ascii_case(b"text") {
+        // A stream of events must reach the client as each is written.
+        return !sub.eq_ignore_ascii_case(b"event-stream");
     }
-    starts("text/")
-        || [
-            "application/json",
-            "application/javascript",
-            "application/x-javascript",
-            "application/xml",
-            "application/xml+rss",
-            "application/rss+xml",
-            "application/atom+xml",
-            "application/wasm",
-            "application/manifest+json",
-            "image/svg+xml",
+    let listed: &[&[u8]] = if main.eq_ignore_ascii_case(b"application") {
+        &[
+            b"json",
+            b"javascript",
+            b"x-javascript",
+            b"xml",
+            b"xml+rss",
+            b"wasm",
         ]
-        .iter()
-        .any(|t| ct.eq_ignore_ascii_case(t))
-        || ends("+json")
-        || ends("+xml")
+    } else {
+        &[]
+    };
+    listed.iter().any(|t| sub.eq_ignore_ascii_case(t)) || ends(b"+json") || ends(b"+xml")
 }
 
 /// Runs after the upstream answered: true when this response should be
@@ -254,6 +257,27 @@ mod tests {
         ] {
             assert!(compressible_type(ct), "{ct}");
         }
-        assert!(!compressible_type("text/event-stream"));
+        for ct in [
+            "application/rss+xml",
+            "application/atom+xml",
+            "application/manifest+json",
+            "application/wasm",
+            "APPLICATION/XML+RSS",
+            "image/svg+xml",
+            "text/plain ; charset=utf-8",
+        ] {
+            assert!(compressible_type(ct), "{ct}");
+        }
+        for ct in [
+            "text/event-stream",
+            "Text/Event-Stream; charset=utf-8",
+            "application/octet-stream",
+            "application/jsonx",
+            "image/png",
+            "text",
+            "",
+        ] {
+            assert!(!compressible_type(ct), "{ct}");
+        }
     }
 }

@@ -112,7 +112,10 @@ pub struct UpstreamBody {
     /// Armed when the client first keeps us waiting; moved only when it
     /// fires (cheaper than re-arming it per frame).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    last: tokio::time::Instant,
+    /// When the client's body last moved; `None` for a body that had
+    /// ended before it was read (a GET's), which never waits: no clock
+    /// read for it.
+    last: Option<tokio::time::Instant>,
     progress: Option<std::sync::Arc<Progress>>,
     // Shared with the access-log entry when logging is on.
     counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
@@ -141,7 +144,7 @@ impl UpstreamBody {
             limit,
             idle,
             timer: None,
-            last: tokio::time::Instant::now(),
+            last: (!ended).then(tokio::time::Instant::now),
             progress: None,
             counter,
         }
@@ -157,7 +160,7 @@ impl UpstreamBody {
             limit: 0,
             idle: std::time::Duration::MAX,
             timer: None,
-            last: tokio::time::Instant::now(),
+            last: None,
             progress: None,
             counter: None,
         }
@@ -217,7 +220,7 @@ impl UpstreamBody {
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                self.last = tokio::time::Instant::now();
+                self.last = Some(tokio::time::Instant::now());
                 if let Some(p) = &self.progress {
                     p.on_client.store(false, Release);
                     p.last.store(crate::base::clock::now_nanos(), Release);
@@ -256,8 +259,10 @@ impl UpstreamBody {
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 while timer.as_mut().poll(cx).is_ready() {
-                    let until = self.last + idle;
-                    if until <= tokio::time::Instant::now() {
+                    let now = tokio::time::Instant::now();
+                    // (Never unset here: only an ended body lacks it.)
+                    let until = self.last.map_or(now, |last| last + idle);
+                    if until <= now {
                         return Poll::Ready(Some(Err(Box::new(ClientBodyTimeout(idle)))));
                     }
                     timer.as_mut().reset(until);

@@ -26,7 +26,7 @@ use crate::base::content_length::ContentLength;
 use crate::base::fmt::push_decimal;
 use crate::base::framed::{self, find_head_end, push_field, Framing, WriteError};
 use crate::base::head_fields::HeadFields;
-use crate::base::header_names::{list_has, trim_ows};
+use crate::base::header_names::{connection_tokens, trim_ows};
 use crate::upstream::body::{BoxError, UpstreamBody};
 
 /// A response head larger than this is refused (hyper's client allowed
@@ -389,8 +389,15 @@ fn parse_head(head: Bytes) -> Result<(Response<()>, Noted), ExchangeError> {
                 .next()
                 .is_some_and(|last| trim_ows(last).eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
-            noted.close |= list_has(f.value, b"close");
-            noted.keep_alive |= list_has(f.value, b"keep-alive");
+            let t = connection_tokens(f.value);
+            noted.close |= t.close;
+            noted.keep_alive |= t.keep_alive;
+            if t.only_persistence {
+                // This connection's own field, noted above; the proxy would
+                // only take it out again (RFC 9110 §7.6.1). Nginx and most
+                // servers send `Connection: keep-alive` on every answer.
+                continue;
+            }
         }
         let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value))
             .map_err(|_| ExchangeError::Protocol("invalid field value"))?;
