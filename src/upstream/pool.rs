@@ -182,7 +182,7 @@ impl HttpClient {
     /// open; expired and closed ones are dropped on the way.
     fn checkout(&self, authority: &Authority) -> Option<Conn> {
         let mut idle = self.inner.lock();
-        let list = &mut idle.iter_mut().find(|(a, _)| a == authority)?.1;
+        let list = &mut idle.iter_mut().find(|(a, _)| same(a, authority))?.1;
         while let Some(mut c) = list.pop() {
             if c.since.elapsed() < IDLE_TIMEOUT && c.conn.is_usable() {
                 return Some(c.conn);
@@ -267,7 +267,7 @@ impl Recycle for Inner {
     fn recycle(&self, conn: Conn) {
         let authority = conn.authority().clone();
         let mut idle = self.lock();
-        let pos = match idle.iter().position(|(a, _)| *a == authority) {
+        let pos = match idle.iter().position(|(a, _)| same(a, &authority)) {
             Some(p) => p,
             None => {
                 idle.push((authority, Vec::new()));
@@ -284,6 +284,13 @@ impl Recycle for Inner {
             since: Instant::now(),
         });
     }
+}
+
+/// The idle list of an authority is found by its exact text: `Authority`'s
+/// own `==` ignores case byte by byte, twice per request; a name spelt in
+/// two cases only gets two lists.
+fn same(a: &Authority, b: &Authority) -> bool {
+    a.as_str() == b.as_str()
 }
 
 impl Inner {
