@@ -93,7 +93,7 @@ struct Blocks(Vec<(Layout, NonNull<u8>)>);
 impl Drop for Blocks {
     fn drop(&mut self) {
         for (layout, ptr) in self.0.drain(..) {
-            // SAFETY: allocated with this layout by `Reused::new`, and
+            // SAFETY: allocated with this layout by `Reused::with`, and
             // nothing refers to it since it was put here.
             unsafe { std::alloc::dealloc(ptr.as_ptr(), layout) }
         }
@@ -123,13 +123,18 @@ unsafe impl<F: Send> Send for Reused<F> {}
 unsafe impl<F: Sync> Sync for Reused<F> {}
 
 impl<F> Reused<F> {
-    pub fn new(value: F) -> Reused<F> {
+    /// What `make` gives, in a block: a kept one of `F`'s layout, else a
+    /// new one. The value is made once the block is at hand, so that,
+    /// inlined, a future several KiB large can be built in the block
+    /// rather than on the stack and then copied there whole.
+    #[inline(always)]
+    pub fn with(make: impl FnOnce() -> F) -> Reused<F> {
         let layout = Layout::new::<F>();
         if layout.size() == 0 {
             // Nothing to allocate; std::alloc does not take size 0.
             let ptr = NonNull::<F>::dangling();
             // SAFETY: a dangling, aligned pointer is valid for a ZST.
-            unsafe { ptr.as_ptr().write(value) };
+            unsafe { ptr.as_ptr().write(make()) };
             return Reused { ptr };
         }
         let kept = BLOCKS_KEPT
@@ -151,16 +156,34 @@ impl<F> Reused<F> {
                 }
             }
         };
+        // Owned from here, so that a panic in `make` gives the block back
+        // instead of dropping a value that was never written.
+        let guard = Unwritten { block, layout };
+        let value = make();
+        std::mem::forget(guard);
         // SAFETY: `block` is allocated for `F`'s layout and holds no value.
         unsafe { block.as_ptr().write(value) };
         Reused { ptr: block }
     }
 }
 
+/// A block taken for a value not yet made: freed if making it panics.
+struct Unwritten<F> {
+    block: NonNull<F>,
+    layout: Layout,
+}
+
+impl<F> Drop for Unwritten<F> {
+    fn drop(&mut self) {
+        // SAFETY: allocated (or kept) for this layout; it holds no value.
+        unsafe { std::alloc::dealloc(self.block.as_ptr().cast(), self.layout) }
+    }
+}
+
 impl<F> Drop for Reused<F> {
     fn drop(&mut self) {
         let layout = Layout::new::<F>();
-        // SAFETY: the value was written in `new` and is dropped only here;
+        // SAFETY: the value was written in `with` and is dropped only here;
         // it never moved (see the `Future` impl).
         unsafe { std::ptr::drop_in_place(self.ptr.as_ptr()) };
         if layout.size() == 0 {
@@ -189,7 +212,7 @@ impl<F: Future> Future for Reused<F> {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // SAFETY: the `F` lives at `ptr` from `new` until `drop` and is
+        // SAFETY: the `F` lives at `ptr` from `with` until `drop` and is
         // never moved out (no method gives it by value or `&mut F`), so it
         // is pinned however the `Reused` itself moves.
         unsafe { Pin::new_unchecked(&mut *self.ptr.as_ptr()) }.poll(cx)
@@ -235,7 +258,7 @@ mod tests {
     fn reused_futures_run_drop_and_share_blocks() {
         let drops = Arc::new(AtomicUsize::new(0));
         let held = Tracked(drops.clone(), [7; 4096]);
-        let fut = Reused::new(async move {
+        let fut = Reused::with(|| async move {
             // The whole value, not only its (Copy) array field.
             let held = held;
             std::future::ready(()).await;
@@ -250,7 +273,7 @@ mod tests {
         assert_eq!(drops.load(Ordering::SeqCst), 1, "its state was dropped");
         // The next future of the same type takes the same block.
         let make = |t: Tracked| {
-            Reused::new(async move {
+            Reused::with(|| async move {
                 let t = t;
                 std::future::ready(()).await;
                 t.1[0] as usize

@@ -387,9 +387,11 @@ pub(crate) async fn serve<H: Handler>(
         // and live only while a request is in flight; an idle connection
         // holds only the loop. The block is the worker's, reused request
         // after request.
-        let next = Reused::new(exchange(
-            head, &mut wire, &mut home, &handler, &conn, &limits, shutdown,
-        ))
+        let next = Reused::with(|| {
+            exchange(
+                head, &mut wire, &mut home, &handler, &conn, &limits, shutdown,
+            )
+        })
         .await?;
         if !next {
             return Ok(());

@@ -407,7 +407,7 @@ async fn inner(
     // heap, the request's own future stays small, which hyper moves as it
     // hands it to an HTTP/2 stream's task (issue 13 point 3). The block is
     // the worker's, reused request after request.
-    let res = Reused::new(send(&route, up, &fields))
+    let res = Reused::with(|| send(&route, up, &fields))
         .await
         .map_err(on_route)?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -98,9 +98,17 @@ impl Progress {
 /// route's `max_body` as it streams, with the route's idle limit between
 /// reads (`client_body_timeout`), and the part read ahead of time replayed
 /// first (`request_buffer`).
-pub struct UpstreamBody {
+///
+/// A request without a body (most are GETs) holds only `None`: the
+/// streaming state is boxed for the requests that have one, so the
+/// request a layer hands to the next is 160 bytes smaller to move
+/// (issue 13 point 3).
+pub struct UpstreamBody(Option<Box<Streaming>>);
+
+/// The state of a body that streams.
+struct Streaming {
     inner: Option<RequestBody>,
-    /// Frames read by [`UpstreamBody::buffer`], sent first.
+    /// Frames read by [`Streaming::buffer`], sent first.
     ahead: std::collections::VecDeque<Frame<Bytes>>,
     /// The client's body has ended (the rest is in `ahead`).
     ended: bool,
@@ -112,10 +120,7 @@ pub struct UpstreamBody {
     /// Armed when the client first keeps us waiting; moved only when it
     /// fires (cheaper than re-arming it per frame).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// When the client's body last moved; `None` for a body that had
-    /// ended before it was read (a GET's), which never waits: no clock
-    /// read for it.
-    last: Option<tokio::time::Instant>,
+    last: tokio::time::Instant,
     progress: Option<std::sync::Arc<Progress>>,
     // Shared with the access-log entry when logging is on.
     counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
@@ -134,8 +139,42 @@ impl UpstreamBody {
         idle: std::time::Duration,
         counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     ) -> Self {
+        if inner.is_end_stream() {
+            return UpstreamBody(None);
+        }
+        UpstreamBody(Some(Box::new(Streaming::new(inner, limit, idle, counter))))
+    }
+
+    pub fn empty() -> Self {
+        UpstreamBody(None)
+    }
+
+    /// Reads the body ahead, up to `max` bytes: a body that fits is read
+    /// whole before the upstream is asked (slow clients are kept off the
+    /// upstream, issue 10 point 6); a larger one streams from there.
+    pub async fn buffer(&mut self, max: u64) -> Result<(), BoxError> {
+        match self.0.as_deref_mut() {
+            Some(s) => s.buffer(max).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Progress shared with the waiting request, or `None` when the body
+    /// has already been read whole (nothing to wait for).
+    pub fn progress(&mut self) -> Option<std::sync::Arc<Progress>> {
+        self.0.as_deref_mut()?.progress()
+    }
+}
+
+impl Streaming {
+    fn new(
+        inner: RequestBody,
+        limit: u64,
+        idle: std::time::Duration,
+        counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    ) -> Self {
         let ended = inner.is_end_stream();
-        UpstreamBody {
+        Streaming {
             inner: Some(inner),
             ahead: Default::default(),
             ended,
@@ -144,32 +183,13 @@ impl UpstreamBody {
             limit,
             idle,
             timer: None,
-            last: (!ended).then(tokio::time::Instant::now),
+            last: tokio::time::Instant::now(),
             progress: None,
             counter,
         }
     }
 
-    pub fn empty() -> Self {
-        UpstreamBody {
-            inner: None,
-            ahead: Default::default(),
-            ended: true,
-            exact: Some(0),
-            seen: 0,
-            limit: 0,
-            idle: std::time::Duration::MAX,
-            timer: None,
-            last: None,
-            progress: None,
-            counter: None,
-        }
-    }
-
-    /// Reads the body ahead, up to `max` bytes: a body that fits is read
-    /// whole before the upstream is asked (slow clients are kept off the
-    /// upstream, issue 10 point 6); a larger one streams from there.
-    pub async fn buffer(&mut self, max: u64) -> Result<(), BoxError> {
+    async fn buffer(&mut self, max: u64) -> Result<(), BoxError> {
         let mut total = 0u64;
         let mut trailers = false;
         while !self.ended {
@@ -193,9 +213,7 @@ impl UpstreamBody {
         Ok(())
     }
 
-    /// Progress shared with the waiting request, or `None` when the body
-    /// has already been read whole (nothing to wait for).
-    pub fn progress(&mut self) -> Option<std::sync::Arc<Progress>> {
+    fn progress(&mut self) -> Option<std::sync::Arc<Progress>> {
         if self.ended {
             return None;
         }
@@ -220,7 +238,7 @@ impl UpstreamBody {
         };
         match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                self.last = Some(tokio::time::Instant::now());
+                self.last = tokio::time::Instant::now();
                 if let Some(p) = &self.progress {
                     p.on_client.store(false, Release);
                     p.last.store(crate::base::clock::now_nanos(), Release);
@@ -259,10 +277,8 @@ impl UpstreamBody {
                     .timer
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 while timer.as_mut().poll(cx).is_ready() {
-                    let now = tokio::time::Instant::now();
-                    // (Never unset here: only an ended body lacks it.)
-                    let until = self.last.map_or(now, |last| last + idle);
-                    if until <= now {
+                    let until = self.last + idle;
+                    if until <= tokio::time::Instant::now() {
                         return Poll::Ready(Some(Err(Box::new(ClientBodyTimeout(idle)))));
                     }
                     timer.as_mut().reset(until);
@@ -281,7 +297,26 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
+        match self.get_mut().0.as_deref_mut() {
+            Some(s) => s.poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_deref().is_none_or(Streaming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .as_deref()
+            .map_or(SizeHint::with_exact(0), Streaming::size_hint)
+    }
+}
+
+impl Streaming {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
         if let Some(frame) = this.ahead.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
         }

@@ -38,7 +38,10 @@ const MAX_FIELDS: usize = 128;
 const READ_SIZE: usize = 16 * 1024;
 
 /// One connection to an upstream server, with what was read past the
-/// current message.
+/// current message. It lives in one box from connect to close and moves
+/// between the pool, the exchange and the response body as a pointer (96
+/// bytes copied at each of those steps otherwise, and every future and
+/// body holding it that much larger; issue 13 point 3).
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
@@ -65,12 +68,12 @@ pub enum ExchangeError {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream, authority: http::uri::Authority) -> Conn {
-        Conn {
+    pub fn new(io: TcpStream, authority: http::uri::Authority) -> Box<Conn> {
+        Box::new(Conn {
             io,
             buf: BytesMut::new(),
             authority,
-        }
+        })
     }
 
     /// For a pooled connection about to be used: false when the upstream
@@ -100,22 +103,18 @@ impl Conn {
     /// on a stale pooled connection leaves it to be sent again; `consumed`
     /// says whether any of it was taken.
     pub async fn exchange(
-        self,
+        mut self: Box<Self>,
         parts: &http::request::Parts,
         fields: &dyn HeadFields,
         body: &mut UpstreamBody,
         consumed: &mut bool,
-    ) -> Result<(Response<()>, Conn, Reuse, BodyKind), ExchangeError> {
+    ) -> Result<(Response<()>, Box<Conn>, Reuse, BodyKind), ExchangeError> {
         let mut head = Vec::with_capacity(512);
         let framing = encode_head(parts, fields, body, &mut head);
         let head_request = parts.method == Method::HEAD;
-        let Conn {
-            mut io,
-            mut buf,
-            authority,
-        } = self;
         let mut complete = false;
         let answer = {
+            let Conn { io, buf, .. } = &mut *self;
             let (mut rd, mut wr) = io.split();
             let write = async {
                 if framing == Framing::None {
@@ -123,7 +122,7 @@ impl Conn {
                 }
                 write_body(&mut wr, head, body, framing, consumed).await
             };
-            let read = read_head(&mut rd, &mut buf, head_request);
+            let read = read_head(&mut rd, buf, head_request);
             tokio::pin!(write, read);
             let mut sent = false;
             loop {
@@ -150,13 +149,14 @@ impl Conn {
             // it would be read as the next request.
             reuse = Reuse::No;
         }
-        Ok((res, Conn { io, buf, authority }, reuse, kind))
+        Ok((res, self, reuse, kind))
     }
 
     /// Hands the connection over for a tunnel after a 101: the socket and
     /// what was read past the head.
-    pub fn into_parts(self) -> (TcpStream, Bytes) {
-        (self.io, self.buf.freeze())
+    pub fn into_parts(self: Box<Self>) -> (TcpStream, Bytes) {
+        let Conn { io, buf, .. } = *self;
+        (io, buf.freeze())
     }
 
     /// The server this connection goes to.
@@ -458,13 +458,13 @@ fn framing_of(
 
 /// Where a finished connection goes: back to its pool, or closed.
 pub trait Recycle: Send + Sync {
-    fn recycle(&self, conn: Conn);
+    fn recycle(&self, conn: Box<Conn>);
 }
 
 /// The body of an upstream response, read from the connection as the
 /// client takes it; the connection goes back to the pool at its end.
 pub struct ResponseBody {
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     kind: BodyKind,
     chunk: Chunk,
     reuse: Reuse,
@@ -483,7 +483,7 @@ impl std::fmt::Debug for ResponseBody {
 
 impl ResponseBody {
     pub fn new(
-        conn: Conn,
+        conn: Box<Conn>,
         kind: BodyKind,
         reuse: Reuse,
         pool: Option<std::sync::Arc<dyn Recycle>>,

@@ -70,7 +70,7 @@ struct Inner {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -180,7 +180,7 @@ impl HttpClient {
 
     /// The most recently used idle connection to `authority` that is still
     /// open; expired and closed ones are dropped on the way.
-    fn checkout(&self, authority: &Authority) -> Option<Conn> {
+    fn checkout(&self, authority: &Authority) -> Option<Box<Conn>> {
         let mut idle = self.inner.lock();
         let list = &mut idle.iter_mut().find(|(a, _)| same(a, authority))?.1;
         while let Some(mut c) = list.pop() {
@@ -193,7 +193,7 @@ impl HttpClient {
 
     /// A new connection: every resolved address in turn, sharing the
     /// connect timeout; the connection runs in a task of its own.
-    async fn connect(&self, authority: &Authority) -> Result<Conn, UpstreamError> {
+    async fn connect(&self, authority: &Authority) -> Result<Box<Conn>, UpstreamError> {
         let fail = |source: io::Error| UpstreamError::Connect {
             authority: authority.clone(),
             source,
@@ -264,7 +264,7 @@ impl HttpClient {
 impl Recycle for Inner {
     /// Puts a connection whose response has ended on its server's idle
     /// stack: from the response body, in the request's task.
-    fn recycle(&self, conn: Conn) {
+    fn recycle(&self, conn: Box<Conn>) {
         let authority = conn.authority().clone();
         let mut idle = self.lock();
         let pos = match idle.iter().position(|(a, _)| same(a, &authority)) {
