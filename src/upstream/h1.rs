@@ -154,9 +154,8 @@ impl Conn {
 
     /// Hands the connection over for a tunnel after a 101: the socket and
     /// what was read past the head.
-    pub fn into_parts(self: Box<Self>) -> (TcpStream, Bytes) {
-        let Conn { io, buf, .. } = *self;
-        (io, buf.freeze())
+    pub fn into_parts(self) -> (TcpStream, Bytes) {
+        (self.io, self.buf.freeze())
     }
 
     /// The server this connection goes to.
