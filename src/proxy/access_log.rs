@@ -479,6 +479,14 @@ fn json_str(out: &mut Vec<u8>, v: Option<&[u8]>) {
         return;
     };
     out.push(b'"');
+    // The usual value (a path, a name, an id, a User-Agent) is printable
+    // ASCII without `"` or `\`: what CLF leaves as it is, JSON does too,
+    // and no UTF-8 check is needed.
+    if Escapes::Clf.plain_run(v) == v.len() {
+        out.extend_from_slice(v);
+        out.push(b'"');
+        return;
+    }
     let mut rest = v;
     while !rest.is_empty() {
         let (valid, bad) = match std::str::from_utf8(rest) {
@@ -753,6 +761,11 @@ mod tests {
         assert_eq!(v["client"], "2001:db8::7");
         assert_eq!(v["route"], serde_json::Value::Null);
         assert_eq!(v["upstream_time"], serde_json::Value::Null);
+        // Valid UTF-8 past ASCII is kept as it is.
+        e.user_agent = Some(HeaderValue::from_bytes("café/1".as_bytes()).unwrap());
+        let v: serde_json::Value = serde_json::from_str(&e.render()).unwrap();
+        assert_eq!(v["user_agent"], "café/1");
+        e.user_agent = Some(HeaderValue::from_bytes(b"a\"b\\c\td\xffe").unwrap());
         e.format = Format::Combined;
         let line = e.render();
         assert!(line.contains("\"a\\x22b\\x5Cc\\x09d\\xFFe\""), "{line}");
