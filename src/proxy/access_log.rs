@@ -331,7 +331,10 @@ use crate::base::fmt::push_decimal as push_u64;
 /// `$request_time`.
 fn push_secs(out: &mut Vec<u8>, d: Duration) {
     // In u64: a u128 division (`as_nanos`) is a library call.
-    let ms = d.as_secs() * 1000 + (u64::from(d.subsec_nanos()) + 500_000) / 1_000_000;
+    let ms = d
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add((u64::from(d.subsec_nanos()) + 500_000) / 1_000_000);
     push_u64(out, ms / 1000);
     let frac = (ms % 1000) as u16;
     out.extend_from_slice(&[
