@@ -316,14 +316,13 @@ impl Body for UpstreamBody {
 
 impl Streaming {
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self;
-        if let Some(frame) = this.ahead.pop_front() {
+        if let Some(frame) = self.ahead.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
         }
-        if this.ended {
+        if self.ended {
             return Poll::Ready(None);
         }
-        this.poll_client(cx)
+        self.poll_client(cx)
     }
 
     fn is_end_stream(&self) -> bool {
