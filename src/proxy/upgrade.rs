@@ -255,8 +255,7 @@ pub enum Closed {
 
 /// Copies bytes both ways until both directions reach end of stream, or
 /// until nothing moves for `idle` (closed within a quarter of it more). A
-/// half-close is passed on as a shutdown
-/// of the other side's write half.
+/// half-close is passed on as a shutdown of the other side's write half.
 ///
 /// Both directions and the idle deadline are polled together on every
 /// wake-up, so a peer that stops reading stalls only its own direction:

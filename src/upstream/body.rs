@@ -167,18 +167,19 @@ impl UpstreamBody {
 }
 
 impl Streaming {
+    /// For a body that has not ended (`UpstreamBody::new` keeps no state
+    /// for one that has).
     fn new(
         inner: RequestBody,
         limit: u64,
         idle: std::time::Duration,
         counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
     ) -> Self {
-        let ended = inner.is_end_stream();
         Streaming {
             inner: Some(inner),
             ahead: Default::default(),
-            ended,
-            exact: ended.then_some(0),
+            ended: false,
+            exact: None,
             seen: 0,
             limit,
             idle,

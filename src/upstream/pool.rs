@@ -265,12 +265,12 @@ impl Recycle for Inner {
     /// Puts a connection whose response has ended on its server's idle
     /// stack: from the response body, in the request's task.
     fn recycle(&self, conn: Box<Conn>) {
-        let authority = conn.authority().clone();
         let mut idle = self.lock();
-        let pos = match idle.iter().position(|(a, _)| same(a, &authority)) {
+        let pos = match idle.iter().position(|(a, _)| same(a, conn.authority())) {
             Some(p) => p,
             None => {
-                idle.push((authority, Vec::new()));
+                // The first connection to this server: its list's key.
+                idle.push((conn.authority().clone(), Vec::new()));
                 idle.len() - 1
             }
         };
