@@ -29,7 +29,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderValue;
 use http::{Method, Request, Uri, Version};
 
 use crate::base::content_length::ContentLength;
@@ -430,7 +430,8 @@ fn parse_head(head: Bytes, max_headers: usize) -> Result<Head, Refusal> {
     // upstream (forwarding headers, request id; issue 13 point 3).
     let mut headers = crate::base::recycle::header_map(parsed.headers.len() + 8);
     for f in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| Refusal::Malformed)?;
+        let name = crate::base::header_names::field_name(f.name.as_bytes())
+            .map_err(|_| Refusal::Malformed)?;
         if name == http::header::CONTENT_LENGTH {
             // RFC 9110 §8.6: a list of identical values may be taken as
             // one; anything else is refused.

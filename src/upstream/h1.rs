@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -375,7 +375,7 @@ fn parse_head(head: Bytes) -> Result<(Response<()>, Noted), ExchangeError> {
     // (security headers, request id; issue 13 point 3).
     let mut headers = crate::base::recycle::header_map(parsed.headers.len() + 8);
     for f in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes())
+        let name = crate::base::header_names::field_name(f.name.as_bytes())
             .map_err(|_| ExchangeError::Protocol("invalid field name"))?;
         if name == header::CONTENT_LENGTH {
             noted.has_length = true;
@@ -673,7 +673,7 @@ pub fn chunked_step(state: &mut Chunk, buf: &mut BytesMut) -> Step {
                         let mut map = HeaderMap::with_capacity(parsed.len());
                         for f in parsed {
                             let (Ok(name), Ok(value)) = (
-                                HeaderName::from_bytes(f.name.as_bytes()),
+                                crate::base::header_names::field_name(f.name.as_bytes()),
                                 HeaderValue::from_bytes(f.value),
                             ) else {
                                 return Step::Invalid("invalid trailer field");
