@@ -26,6 +26,7 @@
 //! connection, after an upgrade that was not switched too (issue 10
 //! point 7): each head is parsed here, whatever came before it.
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -391,16 +392,19 @@ fn check_start(head: &[u8], limits: &Limits) -> Result<(), Refusal> {
 /// Parses a complete head (after [`check_version`]) into the request, its
 /// fields sharing `head`'s bytes, and applies RFC 9112's framing rules.
 fn parse_head(head: Bytes, max_headers: usize) -> Result<Head, Refusal> {
-    let mut stack = [httparse::EMPTY_HEADER; 128];
+    // Slots httparse fills, left uninitialised: zeroing 128 of them (4 KiB)
+    // cost more than the parse, and pushed the connection's state out of
+    // the cache (issue 13).
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
     let mut heap = Vec::new();
-    let fields: &mut [httparse::Header<'_>] = if max_headers <= stack.len() {
+    let fields: &mut [MaybeUninit<httparse::Header<'_>>] = if max_headers <= stack.len() {
         &mut stack[..max_headers]
     } else {
-        heap.resize(max_headers, httparse::EMPTY_HEADER);
+        heap.resize_with(max_headers, MaybeUninit::uninit);
         &mut heap
     };
-    let mut parsed = httparse::Request::new(fields);
-    match parsed.parse(&head) {
+    let mut parsed = httparse::Request::new(&mut []);
+    match parsed.parse_with_uninit_headers(&head, fields) {
         Ok(httparse::Status::Complete(_)) => {}
         // RFC 6585 §5: more fields than allowed is 431, as for size.
         Err(httparse::Error::TooManyHeaders) => return Err(Refusal::HeadTooLarge),
@@ -516,8 +520,8 @@ fn check_partial(head: &mut [u8]) -> Result<(), Refusal> {
         return Ok(());
     }
     check_version(head)?;
-    let mut fields = [httparse::EMPTY_HEADER; 128];
-    match httparse::Request::new(&mut fields).parse(head) {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 128];
+    match httparse::Request::new(&mut []).parse_with_uninit_headers(head, &mut fields) {
         Ok(_) | Err(httparse::Error::TooManyHeaders) => Ok(()),
         Err(_) => Err(Refusal::Malformed),
     }

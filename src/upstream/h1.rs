@@ -352,9 +352,16 @@ struct Noted {
 /// Parses a whole response head (`head` ends with its blank line); the
 /// fields share `head`'s bytes rather than copying each value.
 fn parse_head(head: Bytes) -> Result<(Response<()>, Noted), ExchangeError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Response::new(&mut fields);
-    match parsed.parse(&head) {
+    // Left uninitialised for httparse to fill (4 KiB zeroed per answer
+    // otherwise; issue 13).
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut parsed = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut parsed,
+        &head,
+        &mut fields,
+    ) {
         Ok(httparse::Status::Complete(_)) => {}
         Err(httparse::Error::TooManyHeaders) => {
             return Err(ExchangeError::Protocol("too many header fields"))
