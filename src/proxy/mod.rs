@@ -188,7 +188,7 @@ pub(crate) async fn handle(
     let mut chosen = None;
     let result = match refusal {
         Some(r) => Err(Failure::from(ProxyError::from(r))),
-        None => inner(req, &conn, &client, &rt, &shared, &mut chosen).await,
+        None => inner(req, &conn, &client, &rt, &shared, &mut chosen, started).await,
     };
     let mut res = match result {
         Ok(res) => res,
@@ -305,6 +305,7 @@ async fn inner(
     rt: &Runtime,
     shared: &Context,
     chosen: &mut Option<Arc<RouteRt>>,
+    started: std::time::Instant,
 ) -> Result<Response<ResponseBody>, Failure> {
     check_host(&req)?;
     if req.headers().get(header::HOST).is_none() && req.uri().authority().is_none() {
@@ -400,14 +401,23 @@ async fn inner(
     let method = req.method().clone();
     let host = request_host(&req);
     let mut up = prepare_upstream(req, &route, client, host.as_ref()).map_err(on_route)?;
+    // The response timeout runs from here: from the request's start (one
+    // clock read for the whole request, issue 13) unless its body was
+    // buffered first, which is the client's time.
+    let bodiless = http_body::Body::is_end_stream(up.body());
     read_ahead(&mut up, &route).await.map_err(on_route)?;
+    let since = if bodiless {
+        started
+    } else {
+        std::time::Instant::now()
+    };
     let fields = client.forwarding(&route, host.as_ref());
     // Boxed: sending (retries over the route's servers, the timers, the
     // upstream exchange) is the largest part of a request's state; on the
     // heap, the request's own future stays small, which hyper moves as it
     // hands it to an HTTP/2 stream's task (issue 13 point 3). The block is
     // the worker's, reused request after request.
-    let res = Reused::with(|| send(&route, up, &fields))
+    let res = Reused::with(|| send(&route, up, &fields, since))
         .await
         .map_err(on_route)?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -690,19 +700,20 @@ pub(crate) fn prepare_upstream_with<B>(
 }
 
 /// Sends the request on the route's pool and waits for the response head
-/// within the route's `timeout`. An upstream 502/503/504 counts as a
+/// within the route's `timeout` from `since`. An upstream 502/503/504 counts as a
 /// failure so the client sees the status page (AliasVault #1098).
 pub(crate) fn send<'a>(
     route: &'a RouteRt,
     req: Request<UpstreamBody>,
     fields: &'a forwarded::Forwarding<'a>,
+    since: std::time::Instant,
 ) -> impl std::future::Future<Output = Result<Response<UpstreamResponse>, ProxyError>> + 'a {
     // Not an async fn: its state would hold the request a second time
     // beside the attempt's (392 bytes, moved on every request).
     if route.servers.len() < 2 {
-        futures_util::future::Either::Left(send_once(route, req, fields))
+        futures_util::future::Either::Left(send_once(route, req, fields, since))
     } else {
-        futures_util::future::Either::Right(send_balanced(route, req, fields))
+        futures_util::future::Either::Right(send_balanced(route, req, fields, since))
     }
 }
 
@@ -711,6 +722,7 @@ async fn send_balanced(
     route: &RouteRt,
     req: Request<UpstreamBody>,
     fields: &forwarded::Forwarding<'_>,
+    since: std::time::Instant,
 ) -> Result<Response<UpstreamResponse>, ProxyError> {
     // Several servers: pick one, mark a failed one down for a while, and
     // try another when connecting failed and the request is safe to send
@@ -726,6 +738,7 @@ async fn send_balanced(
     });
     let n = route.servers.len().min(64);
     let mut tried = 0u64;
+    let mut first = true;
     let mut next = Some(req);
     loop {
         let idx = balance::pick(route, tried);
@@ -749,9 +762,16 @@ async fn send_balanced(
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
+        // A second attempt has the whole timeout again.
+        let from = if first {
+            first = false;
+            since
+        } else {
+            std::time::Instant::now()
+        };
         let result = {
             let _busy = balance::Outstanding::new(&server.outstanding);
-            send_once(route, req, fields).await
+            send_once(route, req, fields, from).await
         };
         match result {
             Err(
@@ -784,16 +804,20 @@ async fn send_once(
     route: &RouteRt,
     mut req: Request<UpstreamBody>,
     fields: &forwarded::Forwarding<'_>,
+    since: std::time::Instant,
 ) -> Result<Response<UpstreamResponse>, ProxyError> {
     let progress = req.body_mut().progress();
+    let since = tokio::time::Instant::from_std(since);
     // (The caller boxes the whole send: one allocation for it all.)
-    let sent = route.client.request(req, fields);
+    let sent = route.client.request_at(req, fields, since);
     // Pinned here and lent: a future taken by value would be held twice
     // in `after_body`'s state (its argument and its pinned copy), 2.3 KB
     // more in every request's send.
     tokio::pin!(sent);
     let answer = match progress {
-        None => tokio::time::timeout(route.timeout, sent).await.ok(),
+        None => tokio::time::timeout_at(since + route.timeout, sent)
+            .await
+            .ok(),
         Some(p) => after_body(sent, &p, route.timeout).await,
     };
     let res = match answer {

@@ -92,7 +92,13 @@ pub async fn h1(
     up.headers_mut().insert(header::UPGRADE, protocols.clone());
     up.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    let res = send(&route, up, &client.forwarding(&route, host.as_ref())).await?;
+    let res = send(
+        &route,
+        up,
+        &client.forwarding(&route, host.as_ref()),
+        std::time::Instant::now(),
+    )
+    .await?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         // RFC 9110 §7.8: the server switches to one of the protocols the
         // client listed; anything else is not opened as a tunnel.
@@ -168,7 +174,13 @@ pub async fn h2_websocket(
     );
     h.entry(header::SEC_WEBSOCKET_VERSION)
         .or_insert(HeaderValue::from_static("13"));
-    let res = send(&route, up, &client.forwarding(&route, host.as_ref())).await?;
+    let res = send(
+        &route,
+        up,
+        &client.forwarding(&route, host.as_ref()),
+        std::time::Instant::now(),
+    )
+    .await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(super::finish_response(
             res,

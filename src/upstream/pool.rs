@@ -125,6 +125,18 @@ impl HttpClient {
         req: Request<UpstreamBody>,
         fields: &dyn crate::base::head_fields::HeadFields,
     ) -> Result<Response<UpstreamResponse>, UpstreamError> {
+        self.request_at(req, fields, Instant::now()).await
+    }
+
+    /// [`HttpClient::request`] for a request that arrived at `now`: the
+    /// caller's one clock read is the pool's too (issue 13: seven clock
+    /// reads per request were 3–4 % of its user time).
+    pub async fn request_at(
+        &self,
+        req: Request<UpstreamBody>,
+        fields: &dyn crate::base::head_fields::HeadFields,
+        now: Instant,
+    ) -> Result<Response<UpstreamResponse>, UpstreamError> {
         let authority = req
             .uri()
             .authority()
@@ -141,7 +153,7 @@ impl HttpClient {
         parts.uri = Uri::from(pq);
         let mut stale = 0;
         loop {
-            let (conn, pooled) = match self.checkout(&authority) {
+            let (conn, pooled) = match self.checkout(&authority, now) {
                 Some(c) => (c, true),
                 // Boxed: connecting (name lookup, timeouts, every address
                 // in turn) is a large future that most requests, served
@@ -179,12 +191,14 @@ impl HttpClient {
     }
 
     /// The most recently used idle connection to `authority` that is still
-    /// open; expired and closed ones are dropped on the way.
-    fn checkout(&self, authority: &Authority) -> Option<Box<Conn>> {
+    /// open; expired and closed ones are dropped on the way. `now` may be a
+    /// little behind (the request's start): a connection given back since
+    /// counts as just used.
+    fn checkout(&self, authority: &Authority, now: Instant) -> Option<Box<Conn>> {
         let mut idle = self.inner.lock();
         let list = &mut idle.iter_mut().find(|(a, _)| same(a, authority))?.1;
         while let Some(mut c) = list.pop() {
-            if c.since.elapsed() < IDLE_TIMEOUT && c.conn.is_usable() {
+            if now.saturating_duration_since(c.since) < IDLE_TIMEOUT && c.conn.is_usable() {
                 return Some(c.conn);
             }
         }

@@ -74,6 +74,33 @@ async fn a_slow_upload_is_answered_not_timed_out() {
     px.stop().await;
 }
 
+/// Defect 1 with the body buffered whole (`request_buffer` holds it): the
+/// upload's time is still the client's; the response timeout runs from
+/// when the buffered request is sent, not from the request's start.
+#[tokio::test]
+async fn a_slow_buffered_upload_is_answered_not_timed_out() {
+    let up = echo().await;
+    let px = Proxy::start(&format!(
+        "force_https_redirect = false\nrequest_buffer = \"64K\"\n{}",
+        route("/", &up.url(), "timeout = \"400ms\"")
+    ))
+    .await;
+    // 2 KiB over about 0.9 s: more than twice the route's timeout, all of
+    // it within request_buffer.
+    let body = vec![b'y'; 2 * 1024];
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let out = slow_post(px.http, &head, &body, 3, Duration::from_millis(300)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.ends_with(&"y".repeat(2 * 1024)),
+        "the whole body arrived"
+    );
+    px.stop().await;
+}
+
 /// Defect 1 (the other half) and defect 6: a client that stops sending its
 /// body gets 408 after `client_body_timeout`, and a body within
 /// `request_buffer` never reached the upstream meanwhile.
