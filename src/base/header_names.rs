@@ -1,8 +1,10 @@
 //! Header names more than one layer uses (the forwarding family, RFC 7239
-//! predecessors), as values built once, the token rule field names,
-//! methods and upgrade protocols share, and the reading of a field that is
-//! a comma-separated list of tokens (`Connection`, `Transfer-Encoding`).
+//! predecessors), as values built once, the lookup of a field name read
+//! off the wire, the token rule field names, methods and upgrade protocols
+//! share, and the reading of a field that is a comma-separated list of
+//! tokens (`Connection`, `Transfer-Encoding`).
 
+use http::header as h;
 use http::HeaderName;
 
 const REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -62,8 +64,6 @@ pub fn field_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeader
     }
     HeaderName::from_bytes(name)
 }
-
-use http::header as h;
 
 /// A name of the tables below: its lower-case text eight bytes to a word,
 /// and the case bit (0x20) of each letter, so that a name read in any case

@@ -700,8 +700,9 @@ pub(crate) fn prepare_upstream_with<B>(
 }
 
 /// Sends the request on the route's pool and waits for the response head
-/// within the route's `timeout` from `since`. An upstream 502/503/504 counts as a
-/// failure so the client sees the status page (AliasVault #1098).
+/// within the route's `timeout` from `since`. An upstream 502/503/504
+/// counts as a failure so the client sees the status page (AliasVault
+/// #1098).
 pub(crate) fn send<'a>(
     route: &'a RouteRt,
     req: Request<UpstreamBody>,
