@@ -66,6 +66,23 @@ fn protocol_allowed(token: &str, allowed: &[String]) -> bool {
     })
 }
 
+/// Sends an upgrade request with its forwarding fields; the response
+/// timeout runs from now (the request has no body to have waited for).
+async fn send_upgrade(
+    route: &RouteRt,
+    up: Request<UpstreamBody>,
+    client: &Client,
+    host: Option<&HeaderValue>,
+) -> Result<Response<super::UpstreamResponse>, ProxyError> {
+    send(
+        route,
+        up,
+        &client.forwarding(route, host),
+        std::time::Instant::now(),
+    )
+    .await
+}
+
 /// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441 §4).
 pub fn is_h2_websocket(req: &Request<RequestBody>) -> bool {
     req.method() == Method::CONNECT
@@ -92,13 +109,7 @@ pub async fn h1(
     up.headers_mut().insert(header::UPGRADE, protocols.clone());
     up.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    let res = send(
-        &route,
-        up,
-        &client.forwarding(&route, host.as_ref()),
-        std::time::Instant::now(),
-    )
-    .await?;
+    let res = send_upgrade(&route, up, client, host.as_ref()).await?;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         // RFC 9110 §7.8: the server switches to one of the protocols the
         // client listed; anything else is not opened as a tunnel.
@@ -174,13 +185,7 @@ pub async fn h2_websocket(
     );
     h.entry(header::SEC_WEBSOCKET_VERSION)
         .or_insert(HeaderValue::from_static("13"));
-    let res = send(
-        &route,
-        up,
-        &client.forwarding(&route, host.as_ref()),
-        std::time::Instant::now(),
-    )
-    .await?;
+    let res = send_upgrade(&route, up, client, host.as_ref()).await?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(super::finish_response(
             res,
