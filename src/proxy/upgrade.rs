@@ -307,14 +307,14 @@ where
         tokio::select! {
             r = &mut copy => return r.map(|_| Closed::Eof),
             () = &mut deadline => {
-                let now = moved.count();
-                if now == seen {
+                let count = moved.count();
+                if count == seen {
                     quiet += 1;
                     if quiet >= CHECKS {
                         return Ok(Closed::Idle);
                     }
                 } else {
-                    seen = now;
+                    seen = count;
                     quiet = 0;
                 }
                 let next = deadline.deadline() + step;
