@@ -3,11 +3,12 @@
 upstream, on loopback, one worker each pinned to core 0, load generators and
 upstream on core 1.
 
-    bench/run.py [--rounds 3] [--duration 5] [--out docs/benchmarks.md]
+    bench/run.py [--rounds 3] [--duration 5] [--out docs/benchmarks.md] [--no-pgo]
 
 Installs what it needs from Debian's packages (nginx, haproxy, wrk,
 nghttp2-client for h2load, openssl), builds Gatehouse and the WebSocket
-tool (examples/wsbench.rs) in release mode, runs every scenario for every
+tool (examples/wsbench.rs) in release mode, and Gatehouse again guided by
+the profile of a short training run (see build_pgo), runs every scenario for every
 peer, interleaved within each round, and prints the medians and the
 Gatehouse/nginx ratios. Everything runs on 127.0.0.1 and every run is
 bounded by --duration.
@@ -63,8 +64,72 @@ def install(extra=None):
 
 
 def build():
+    """The release build as `cargo build --release` makes it, and the WebSocket tool."""
     sh(["cargo", "build", "--release", "--bin", "gatehouse", "--example", "wsbench"], cwd=ROOT)
     return (os.path.join(ROOT, "target/release/gatehouse"), os.path.join(ROOT, "target/release/examples/wsbench"))
+
+
+# Where the profile-guided build and its profile go: a target directory of
+# their own, so that the flags do not rebuild the everyday one.
+PGO_DIR = os.path.join(ROOT, "target", "pgo")
+PGO_PROFILE = os.path.join(PGO_DIR, "gatehouse.profdata")
+
+
+def llvm_profdata():
+    """The `llvm-profdata` of the toolchain's own LLVM (rustup's llvm-tools):
+    a profile is read by the LLVM that wrote its format."""
+    sysroot = subprocess.run(["rustc", "--print", "sysroot"], capture_output=True, text=True, check=True).stdout.strip()
+    host = re.search(r"^host: (\S+)$", subprocess.run(["rustc", "-vV"], capture_output=True, text=True,
+                                                      check=True).stdout, re.M).group(1)
+    tool = os.path.join(sysroot, "lib", "rustlib", host, "bin", "llvm-profdata")
+    if not os.path.exists(tool):
+        sh(["rustup", "component", "add", "llvm-tools-preview"])
+    return tool
+
+
+def build_pgo(train):
+    """A profile-guided release build: an instrumented build is run through
+    `train(binary)`, its counts merged, and the release build made again
+    with them, so that LLVM lays out and inlines the paths the loads take.
+    Returns the optimised binary; the merged profile stays at PGO_PROFILE
+    (scripts/image builds the static binary with it when asked)."""
+    raw = os.path.join(PGO_DIR, "raw")
+    shutil.rmtree(raw, ignore_errors=True)
+    os.makedirs(raw)
+    cargo = ["cargo", "build", "--locked", "--release", "--bin", "gatehouse"]
+    sh(cargo, cwd=ROOT, env=dict(os.environ, CARGO_TARGET_DIR=os.path.join(PGO_DIR, "generate"),
+                                 RUSTFLAGS=f"-Cprofile-generate={raw}"))
+    train(os.path.join(PGO_DIR, "generate", "release", "gatehouse"))
+    if not any(name.endswith(".profraw") for name in os.listdir(raw)):
+        raise SystemExit("profile-guided build: the training run wrote no profile")
+    sh([llvm_profdata(), "merge", "-o", PGO_PROFILE, raw])
+    sh(cargo, cwd=ROOT, env=dict(os.environ, CARGO_TARGET_DIR=os.path.join(PGO_DIR, "use"),
+                                 RUSTFLAGS=f"-Cprofile-use={PGO_PROFILE}"))
+    return os.path.join(PGO_DIR, "use", "release", "gatehouse")
+
+
+# What the training runs: every scenario that moves requests, with each
+# access log format, and a compressed answer (compression is on by
+# default). Code no run reaches is laid out as cold, so the training
+# covers what users turn on, not only what the side-by-side measures.
+TRAINING = ["h1_plain_small", "h1_tls_small", "h1_tls_64k", "tls_new_conn", "h2_tls_small", "ws_echo", "h1_gzip"]
+
+
+def train(binary, wsbench, d, cert, key, up, ws):
+    for log_format in ("off", "combined", "json"):
+        for scenario in TRAINING:
+            http, https = free_port(), free_port()
+            conf = gatehouse_conf(d, cert, key, up, ws, http, https, log_format)
+            peer = Peer("gatehouse", [binary, "--config", conf], http, https, env=dict(os.environ, RUST_LOG="warn"),
+                        stdout_path=None if log_format == "off" else os.path.join(d, "training-access.log"))
+            try:
+                if scenario == "h1_gzip":
+                    run_wrk(f"http://127.0.0.1:{http}/page", 8, 1, ("-H", "Accept-Encoding: gzip"))
+                else:
+                    measure(scenario, peer, wsbench, 1, d)
+            finally:
+                # A clean exit is what writes the counts.
+                peer.stop()
 
 
 def free_port():
@@ -181,6 +246,10 @@ def make_cert(d):
     return cert, key, combined
 
 
+# A compressible answer for the profile-guided build's training.
+PAGE = "<!doctype html><title>Gatehouse</title>" + "<p>A page of text that compresses well.</p>" * 48
+
+
 def start_upstream(d, port):
     big = os.path.join(d, "big.bin")
     with open(big, "wb") as f:
@@ -199,6 +268,7 @@ http {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
         location = /small {{ return 200 "Hello, world!"; }}
         location = /big {{ alias {big}; }}
+        location = /page {{ default_type text/html; return 200 "{PAGE}"; }}
     }}
 }}
 """)
@@ -236,6 +306,10 @@ upstream = "http://127.0.0.1:{up}"
 
 [[route]]
 path = "/big"
+upstream = "http://127.0.0.1:{up}"
+
+[[route]]
+path = "/page"
 upstream = "http://127.0.0.1:{up}"
 """)
 
@@ -469,7 +543,7 @@ def machine():
     return f"{model}, {os.cpu_count()} cores, Linux {platform.release()}"
 
 
-def versions():
+def versions(binary):
     def first(cmd):
         try:
             p = subprocess.run(cmd, capture_output=True, text=True)
@@ -477,7 +551,7 @@ def versions():
         except OSError:
             return "?"
     return {
-        "gatehouse": first([os.path.join(ROOT, "target/release/gatehouse"), "--version"]),
+        "gatehouse": first([binary, "--version"]),
         "nginx": first(["nginx", "-v"]),
         "haproxy": first(["haproxy", "-v"]),
         "wrk": first(["wrk", "-v"]),
@@ -493,6 +567,8 @@ def main():
     ap.add_argument("--peers", default="gatehouse,nginx,haproxy")
     ap.add_argument("--scenarios", default=",".join(name for name, _ in SCENARIOS))
     ap.add_argument("--logs", default="off,on", help="access log modes to run: off, on or both")
+    ap.add_argument("--pgo", action=argparse.BooleanOptionalAction, default=True,
+                    help="measure the profile-guided build (the default) or the plain release build")
     args = ap.parse_args()
     install()
     gatehouse_bin, wsbench = build()
@@ -509,6 +585,9 @@ def main():
     modes = [m == "on" for m in args.logs.split(",")]
     results = {}  # (scenario, peer, logs) -> [result per round]
     try:
+        if args.pgo and "gatehouse" in peers:
+            gatehouse_bin = build_pgo(lambda binary: train(binary, wsbench, d, cert, key, up_port, ws_port))
+        args.binary = gatehouse_bin
         for rnd in range(args.rounds):
             for scenario, _ in SCENARIOS:
                 if scenario not in args.scenarios.split(","):
@@ -572,7 +651,11 @@ def render(results, peers, args):
                  "file (Gatehouse combined on stdout, nginx combined, HAProxy httplog on stdout). CPU is the proxy's "
                  "utime+stime per request from /proc, user and system apart; peak RSS is VmHWM (nginx: master and "
                  "worker).\n")
-    lines.append("Versions: " + "; ".join(f"{k} `{v}`" for k, v in versions().items()) + ".\n")
+    lines.append("Versions: " + "; ".join(f"{k} `{v}`" for k, v in versions(args.binary).items()) + ".\n")
+    lines.append("Gatehouse build: " + ("profile-guided (`bench/run.py` trains an instrumented build on every "
+                                        "scenario above, each access log format and a compressed answer, then "
+                                        "builds again with the counts; the release profile otherwise)."
+                                        if args.pgo else "`cargo build --release` (`--no-pgo`).") + "\n")
     for logs in modes:
         lines.append(f"## Access logs {'on' if logs else 'off'}\n")
         lines.append("| scenario | peer | req/s | p50 µs | p99 µs | CPU µs/req | user | system | peak RSS MiB "
