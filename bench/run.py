@@ -8,9 +8,9 @@ upstream on core 1.
 Installs what it needs from Debian's packages (nginx, haproxy, wrk,
 nghttp2-client for h2load, openssl), builds Gatehouse and the WebSocket
 tool (examples/wsbench.rs) in release mode, and Gatehouse again guided by
-the profile of a short training run (see build_pgo), runs every scenario for every
-peer, interleaved within each round, and prints the medians and the
-Gatehouse/nginx ratios. Everything runs on 127.0.0.1 and every run is
+the profile of a short training run (see build_pgo), runs every scenario
+for every peer, interleaved within each round, and prints the medians and
+the Gatehouse/nginx ratios. Everything runs on 127.0.0.1 and every run is
 bounded by --duration.
 
 The CPU figure is the proxy's own utime+stime from /proc divided by the
