@@ -403,13 +403,11 @@ async fn inner(
     let mut up = prepare_upstream(req, &route, client, host.as_ref()).map_err(on_route)?;
     // The response timeout runs from here: from the request's start (one
     // clock read for the whole request, issue 13) unless its body was
-    // buffered first, which is the client's time.
-    let bodiless = http_body::Body::is_end_stream(up.body());
-    read_ahead(&mut up, &route).await.map_err(on_route)?;
-    let since = if bodiless {
-        started
-    } else {
+    // waited for first, which is the client's time.
+    let since = if read_ahead(&mut up, &route).await.map_err(on_route)? {
         std::time::Instant::now()
+    } else {
+        started
     };
     let fields = client.forwarding(&route, host.as_ref());
     // Boxed: sending (retries over the route's servers, the timers, the
@@ -509,17 +507,18 @@ fn options_star() -> Response<ResponseBody> {
 /// upstream request the framing of what is known: a length when the whole
 /// body was read, `chunked` when it still streams. hyper's client would
 /// drop the body of a GET or HEAD without either (issue 10 point 9).
-async fn read_ahead(up: &mut Request<UpstreamBody>, route: &RouteRt) -> Result<(), ProxyError> {
+/// `true` when there was a body to wait for.
+async fn read_ahead(up: &mut Request<UpstreamBody>, route: &RouteRt) -> Result<bool, ProxyError> {
     use http_body::Body as _;
     if up.body().is_end_stream() {
-        return Ok(());
+        return Ok(false);
     }
     up.body_mut()
         .buffer(route.request_buffer)
         .await
         .map_err(|e| body_error(&*e, route))?;
     if up.headers().contains_key(header::CONTENT_LENGTH) || up.body().is_end_stream() {
-        return Ok(());
+        return Ok(true);
     }
     match up.body().size_hint().exact() {
         Some(n) => {
@@ -533,7 +532,7 @@ async fn read_ahead(up: &mut Request<UpstreamBody>, route: &RouteRt) -> Result<(
             );
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// The status for a request body that failed while it was read.
