@@ -48,30 +48,44 @@ async fn slow_post(
 
 // ------------------------------------------------------------ 1 and 6
 
-/// Defect 1: a body sent slower than the route's `timeout` is the client's
-/// time; the response timeout starts once it has been forwarded.
-#[tokio::test]
-async fn a_slow_upload_is_answered_not_timed_out() {
+/// Uploads `len` bytes of `byte` in `parts` pieces `gap` apart through a
+/// route whose response timeout is 400 ms, with the given
+/// `request_buffer`, and checks the echo upstream answered with the whole
+/// body (defect 1: the upload's time is the client's).
+async fn slow_upload_is_answered(
+    request_buffer: &str,
+    byte: u8,
+    len: usize,
+    parts: usize,
+    gap: Duration,
+) {
     let up = echo().await;
     let px = Proxy::start(&format!(
-        "force_https_redirect = false\nrequest_buffer = \"1K\"\n{}",
+        "force_https_redirect = false\nrequest_buffer = \"{request_buffer}\"\n{}",
         route("/", &up.url(), "timeout = \"400ms\"")
     ))
     .await;
-    // 6 KiB over about 1.2 s: three times the route's timeout, and more
-    // than request_buffer so it streams to the upstream.
-    let body = vec![b'x'; 6 * 1024];
+    let body = vec![byte; len];
     let head = format!(
         "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    let out = slow_post(px.http, &head, &body, 6, Duration::from_millis(200)).await;
+    let out = slow_post(px.http, &head, &body, parts, gap).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     assert!(
-        out.ends_with(&"x".repeat(6 * 1024)),
+        out.ends_with(&String::from(char::from(byte)).repeat(len)),
         "the whole body arrived"
     );
     px.stop().await;
+}
+
+/// Defect 1: a body sent slower than the route's `timeout` is the client's
+/// time; the response timeout starts once it has been forwarded.
+#[tokio::test]
+async fn a_slow_upload_is_answered_not_timed_out() {
+    // 6 KiB over about 1.2 s: three times the route's timeout, and more
+    // than request_buffer so it streams to the upstream.
+    slow_upload_is_answered("1K", b'x', 6 * 1024, 6, Duration::from_millis(200)).await;
 }
 
 /// Defect 1 with the body buffered whole (`request_buffer` holds it): the
@@ -79,26 +93,9 @@ async fn a_slow_upload_is_answered_not_timed_out() {
 /// when the buffered request is sent, not from the request's start.
 #[tokio::test]
 async fn a_slow_buffered_upload_is_answered_not_timed_out() {
-    let up = echo().await;
-    let px = Proxy::start(&format!(
-        "force_https_redirect = false\nrequest_buffer = \"64K\"\n{}",
-        route("/", &up.url(), "timeout = \"400ms\"")
-    ))
-    .await;
     // 2 KiB over about 0.9 s: more than twice the route's timeout, all of
     // it within request_buffer.
-    let body = vec![b'y'; 2 * 1024];
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let out = slow_post(px.http, &head, &body, 3, Duration::from_millis(300)).await;
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    assert!(
-        out.ends_with(&"y".repeat(2 * 1024)),
-        "the whole body arrived"
-    );
-    px.stop().await;
+    slow_upload_is_answered("64K", b'y', 2 * 1024, 3, Duration::from_millis(300)).await;
 }
 
 /// Defect 1 (the other half) and defect 6: a client that stops sending its
