@@ -674,10 +674,12 @@ def render(results, peers, args):
                              f"{sum(r['errors'] for r in rs)} |")
         lines.append("")
         lines.append(f"Ratios, access logs {'on' if logs else 'off'} (medians; below 1 is better for CPU, latency "
-                     "and memory):\n")
-        lines.append("| scenario | CPU/req ÷ nginx | user ÷ nginx | system ÷ nginx | CPU/req ÷ HAProxy | p99 ÷ nginx "
-                     "| peak RSS ÷ nginx | KiB/idle conn ÷ nginx | req/s ÷ nginx |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                     "and memory). Each rounds column gives the lowest and highest of the rounds' own ratios "
+                     "(Gatehouse's run over nginx's run in the same round, seconds apart): how far one round's "
+                     "answer strays from the medians'.\n")
+        lines.append("| scenario | CPU/req ÷ nginx | rounds | user ÷ nginx | system ÷ nginx | CPU/req ÷ HAProxy "
+                     "| p99 ÷ nginx | rounds | peak RSS ÷ nginx | KiB/idle conn ÷ nginx | req/s ÷ nginx |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for scenario, title in SCENARIOS:
             g = results.get((scenario, "gatehouse", logs))
             n = results.get((scenario, "nginx", logs))
@@ -690,9 +692,16 @@ def render(results, peers, args):
                     return "n/a"
                 a, b = median_of(g, key), median_of(other, key)
                 return f"{a / b:.2f}" if b else "n/a"
+            def spread(key):
+                # Each round runs the peers one after the other, seconds
+                # apart: a round's pair shares the host's state of the
+                # moment, so its ratio shows the noise the medians hide.
+                rs = [a[key] / b[key] for a, b in zip(g, n) if b[key]]
+                return f"{min(rs):.2f}–{max(rs):.2f}" if len(rs) > 1 else ""
             kib = ratio(n, "kib_per_conn") if "kib_per_conn" in g[0] else ""
-            lines.append(f"| {title} | {ratio(n, 'cpu_us_per_req')} | {ratio(n, 'user_us_per_req')} | "
-                         f"{ratio(n, 'sys_us_per_req')} | {ratio(h, 'cpu_us_per_req')} | {ratio(n, 'p99')} | "
+            lines.append(f"| {title} | {ratio(n, 'cpu_us_per_req')} | {spread('cpu_us_per_req')} | "
+                         f"{ratio(n, 'user_us_per_req')} | {ratio(n, 'sys_us_per_req')} | "
+                         f"{ratio(h, 'cpu_us_per_req')} | {ratio(n, 'p99')} | {spread('p99')} | "
                          f"{ratio(n, 'peak_rss_mib')} | {kib} | {ratio(n, 'rps')} |")
         lines.append("")
     return "\n".join(lines) + "\n"
