@@ -646,7 +646,10 @@ def render(results, peers, args):
                  "medians).\n")
     lines.append("Every proxy runs one worker pinned to core 0; wrk, h2load, the WebSocket client and the upstream "
                  "(nginx serving 13 B and 64 KiB, and a WebSocket echo) share core 1. All three proxies add the same "
-                 "five security headers and the same forwarding headers, use the same ECDSA P-256 certificate and "
+                 "five security headers and the forwarding headers of AliasVault's nginx (X-Real-IP, "
+                 "X-Forwarded-For, X-Forwarded-Proto; Gatehouse, as it does by default, also sends "
+                 "X-Forwarded-Host, X-Forwarded-Port and X-Request-Id upstream and answers with Vary, "
+                 "X-Request-Id and over TLS Strict-Transport-Security besides), use the same ECDSA P-256 certificate and "
                  "keep upstream connections alive. With access logs on, each proxy writes its default format to a "
                  "file (Gatehouse combined on stdout, nginx combined, HAProxy httplog on stdout). CPU is the proxy's "
                  "utime+stime per request from /proc, user and system apart; peak RSS is VmHWM (nginx: master and "
