@@ -569,7 +569,12 @@ def main():
     ap.add_argument("--logs", default="off,on", help="access log modes to run: off, on or both")
     ap.add_argument("--pgo", action=argparse.BooleanOptionalAction, default=True,
                     help="measure the profile-guided build (the default) or the plain release build")
+    ap.add_argument("--train-only", action="store_true",
+                    help=f"make the profile and the profile-guided build, measure nothing "
+                         f"(scripts/image --pgo; the profile is left at {os.path.relpath(PGO_PROFILE, ROOT)})")
     args = ap.parse_args()
+    if args.train_only and not args.pgo:
+        ap.error("--train-only makes the profile-guided build: it cannot go with --no-pgo")
     install()
     gatehouse_bin, wsbench = build()
     d = tempfile.mkdtemp(prefix="gatehouse-bench-")
@@ -585,10 +590,10 @@ def main():
     modes = [m == "on" for m in args.logs.split(",")]
     results = {}  # (scenario, peer, logs) -> [result per round]
     try:
-        if args.pgo and "gatehouse" in peers:
+        if args.pgo and ("gatehouse" in peers or args.train_only):
             gatehouse_bin = build_pgo(lambda binary: train(binary, wsbench, d, cert, key, up_port, ws_port))
         args.binary = gatehouse_bin
-        for rnd in range(args.rounds):
+        for rnd in range(0 if args.train_only else args.rounds):
             for scenario, _ in SCENARIOS:
                 if scenario not in args.scenarios.split(","):
                     continue
@@ -627,6 +632,10 @@ def main():
             except ProcessLookupError:
                 pass
             p.wait()
+    if args.train_only:
+        shutil.rmtree(d, ignore_errors=True)
+        print(f"profile: {PGO_PROFILE}\nprofile-guided build: {gatehouse_bin}")
+        return
     report = render(results, peers, args)
     print(report)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
