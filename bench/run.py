@@ -66,7 +66,8 @@ def install(extra=None):
 def build():
     """The release build as `cargo build --release` makes it, and the WebSocket tool."""
     sh(["cargo", "build", "--release", "--bin", "gatehouse", "--example", "wsbench"], cwd=ROOT)
-    return (os.path.join(ROOT, "target/release/gatehouse"), os.path.join(ROOT, "target/release/examples/wsbench"))
+    out = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR", "target"), "release")
+    return (os.path.join(out, "gatehouse"), os.path.join(out, "examples", "wsbench"))
 
 
 # Where the profile-guided build and its profile go: a target directory of
@@ -704,6 +705,7 @@ def render(results, peers, args):
                     return "n/a"
                 a, b = median_of(g, key), median_of(other, key)
                 return f"{a / b:.2f}" if b else "n/a"
+
             def spread(key):
                 # Each round runs the peers one after the other, seconds
                 # apart: a round's pair shares the host's state of the
