@@ -3,7 +3,7 @@
 upstream, on loopback, one worker each pinned to core 0, load generators and
 upstream on core 1.
 
-    bench/run.py [--rounds 3] [--duration 5] [--out docs/benchmarks.md] [--no-pgo]
+    bench/run.py [--rounds 3] [--duration 5] [--out docs/benchmarks.md] [--no-pgo | --train-only]
 
 Installs what it needs from Debian's packages (nginx, haproxy, wrk,
 nghttp2-client for h2load, openssl), builds Gatehouse and the WebSocket
@@ -633,8 +633,8 @@ def main():
             except ProcessLookupError:
                 pass
             p.wait()
-    if args.train_only:
         shutil.rmtree(d, ignore_errors=True)
+    if args.train_only:
         print(f"profile: {PGO_PROFILE}\nprofile-guided build: {gatehouse_bin}")
         return
     report = render(results, peers, args)
@@ -642,7 +642,6 @@ def main():
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(report)
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def render(results, peers, args):
