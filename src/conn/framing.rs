@@ -238,16 +238,47 @@ impl ConnState {
         }
     }
 
-    /// Resolves once [`ConnState::close`] has been called, with the reason.
-    pub async fn closed(&self) -> Closing {
-        loop {
-            match self.closing.load(Ordering::Acquire) {
-                0 => self.close.notified().await,
-                1 => return Closing::Evicted,
-                2 => return Closing::IdleLimit,
-                _ => return Closing::Shutdown,
-            }
+    /// Why the connection is being closed from outside, once it is.
+    fn closing_reason(&self) -> Option<Closing> {
+        match self.closing.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Closing::Evicted),
+            2 => Some(Closing::IdleLimit),
+            _ => Some(Closing::Shutdown),
         }
+    }
+
+    /// Runs `work` (the connection's whole life) until it ends (`None`) or
+    /// [`ConnState::close`] is called (`Some` with the reason; `work` is
+    /// dropped). The task is woken for its socket thousands of times for
+    /// each close: the close signal is registered once, and every later
+    /// wake-up reads one atomic instead of polling the `Notify` again
+    /// (issue 13: a lock per wake-up).
+    pub async fn run_until_closed<F: std::future::Future<Output = ()>>(
+        &self,
+        work: F,
+    ) -> Option<Closing> {
+        let mut work = std::pin::pin!(work);
+        let mut notified = std::pin::pin!(self.close.notified());
+        let mut registered = false;
+        std::future::poll_fn(|cx| {
+            if std::future::Future::poll(work.as_mut(), cx).is_ready() {
+                return std::task::Poll::Ready(None);
+            }
+            if !registered {
+                // The task's waker is the same for its whole life: once
+                // registered, `close`'s `notify_one` wakes it, and the
+                // reason is set before that. Ready here means a close
+                // came first, which the load below sees.
+                let _ = std::future::Future::poll(notified.as_mut(), cx);
+                registered = true;
+            }
+            match self.closing_reason() {
+                Some(why) => std::task::Poll::Ready(Some(why)),
+                None => std::task::Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Puts the connection under the listener's sweep for its idle limits.
@@ -580,6 +611,43 @@ mod tests {
         max_uri: 16 * 1024,
         max_headers: 100,
     };
+
+    #[tokio::test]
+    async fn a_connection_runs_until_it_ends_or_is_closed_from_outside() {
+        let wait = std::time::Duration::from_secs(10);
+        let state = std::sync::Arc::new(ConnState::default());
+        // Work that ends on its own.
+        let done = tokio::time::timeout(wait, state.run_until_closed(async {})).await;
+        assert_eq!(done.expect("in time"), None);
+        // Work that never ends, closed from another task after it started
+        // waiting (the path every later wake-up takes).
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let closer = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                started_rx.await.expect("the work started");
+                state.close(Closing::IdleLimit);
+            })
+        };
+        let work = async move {
+            let _ = started_tx.send(());
+            std::future::pending::<()>().await
+        };
+        let why = tokio::time::timeout(wait, state.run_until_closed(work)).await;
+        assert_eq!(why.expect("in time"), Some(Closing::IdleLimit));
+        tokio::time::timeout(wait, closer)
+            .await
+            .expect("in time")
+            .expect("closer");
+        // Closed before the work runs: the first reason given stands.
+        state.close(Closing::Evicted);
+        let why = tokio::time::timeout(wait, state.run_until_closed(std::future::pending())).await;
+        assert_eq!(why.expect("in time"), Some(Closing::IdleLimit));
+        let fresh = ConnState::default();
+        fresh.close(Closing::Evicted);
+        let why = tokio::time::timeout(wait, fresh.run_until_closed(std::future::pending())).await;
+        assert_eq!(why.expect("in time"), Some(Closing::Evicted));
+    }
 
     /// Feeds `chunks` one read at a time and takes every head that
     /// completes (bodies are skipped by their declared length).

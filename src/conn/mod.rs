@@ -319,17 +319,14 @@ pub(crate) async fn accept_loop<H: Handler>(
                     }
                 }
             };
-            tokio::select! {
-                () = serve => {}
-                why = state.closed() => match why {
-                    Closing::Evicted => {
-                        shared.metrics.connections_evicted.fetch_add(1, Ordering::Relaxed);
-                        tracing::debug!(%peer, "idle connection closed to make room (connection limit)");
-                    }
-                    Closing::IdleLimit => {
-                        tracing::debug!(%peer, "HTTP/1 connection closed at its idle limit");
-                    }
-                    Closing::Shutdown => {}
+            match state.run_until_closed(serve).await {
+                None | Some(Closing::Shutdown) => {}
+                Some(Closing::Evicted) => {
+                    shared.metrics.connections_evicted.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "idle connection closed to make room (connection limit)");
+                }
+                Some(Closing::IdleLimit) => {
+                    tracing::debug!(%peer, "HTTP/1 connection closed at its idle limit");
                 }
             }
         });
