@@ -26,8 +26,11 @@
 //! connection, after an upgrade that was not switched too (issue 10
 //! point 7): each head is parsed here, whatever came before it.
 
+use std::future::Future;
 use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::HeaderValue;
@@ -142,6 +145,41 @@ pub enum Closing {
     Shutdown = 3,
 }
 
+pin_project_lite::pin_project! {
+    /// [`ConnState::run_until_closed`]'s future.
+    pub struct UntilClosed<'a, F> {
+        #[pin]
+        work: F,
+        #[pin]
+        notified: tokio::sync::futures::Notified<'a>,
+        state: &'a ConnState,
+        registered: bool,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for UntilClosed<'_, F> {
+    type Output = Option<Closing>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Closing>> {
+        let this = self.project();
+        if this.work.poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        if !*this.registered {
+            // The task's waker is the same for its whole life: once
+            // registered, `close`'s `notify_one` wakes it, and the reason
+            // is set before that. Ready here means a close came first,
+            // which the load below sees.
+            let _ = this.notified.poll(cx);
+            *this.registered = true;
+        }
+        match this.state.closing_reason() {
+            Some(why) => Poll::Ready(Some(why)),
+            None => Poll::Pending,
+        }
+    }
+}
+
 /// Where a connection stands, for its idle limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
@@ -253,32 +291,16 @@ impl ConnState {
     /// dropped). The task is woken for its socket thousands of times for
     /// each close: the close signal is registered once, and every later
     /// wake-up reads one atomic instead of polling the `Notify` again
-    /// (issue 13: a lock per wake-up).
-    pub async fn run_until_closed<F: std::future::Future<Output = ()>>(
-        &self,
-        work: F,
-    ) -> Option<Closing> {
-        let mut work = std::pin::pin!(work);
-        let mut notified = std::pin::pin!(self.close.notified());
-        let mut registered = false;
-        std::future::poll_fn(|cx| {
-            if std::future::Future::poll(work.as_mut(), cx).is_ready() {
-                return std::task::Poll::Ready(None);
-            }
-            if !registered {
-                // The task's waker is the same for its whole life: once
-                // registered, `close`'s `notify_one` wakes it, and the
-                // reason is set before that. Ready here means a close
-                // came first, which the load below sees.
-                let _ = std::future::Future::poll(notified.as_mut(), cx);
-                registered = true;
-            }
-            match self.closing_reason() {
-                Some(why) => std::task::Poll::Ready(Some(why)),
-                None => std::task::Poll::Pending,
-            }
-        })
-        .await
+    /// (issue 13: a lock per wake-up). Not an `async fn`: its state would
+    /// hold `work` twice (the argument and the pinned copy), which every
+    /// idle connection would carry.
+    pub fn run_until_closed<F: Future<Output = ()>>(&self, work: F) -> UntilClosed<'_, F> {
+        UntilClosed {
+            work,
+            notified: self.close.notified(),
+            state: self,
+            registered: false,
+        }
     }
 
     /// Puts the connection under the listener's sweep for its idle limits.
